@@ -1,0 +1,4 @@
+fn main() -> anyhow::Result<()> {
+    println!("weft: {} bytes of eBPF embedded", weft::datapath::EBPF_OBJECT.len());
+    Ok(())
+}
