@@ -2,4 +2,18 @@
 //!
 //! - [`datapath`]: loads, pins, attaches and reads the eBPF programs and maps.
 
+pub mod agent;
+pub mod backend;
+pub mod cni;
+pub mod ctl;
 pub mod datapath;
+pub mod detect;
+pub mod health;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod model;
+pub mod podside;
+pub mod routes;
+pub mod topology;
+pub mod wireguard;

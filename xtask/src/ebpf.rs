@@ -18,13 +18,32 @@ pub fn object_path() -> PathBuf {
 pub fn nightly_cargo(subcommand: &str) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root())
-        .args(["+nightly", subcommand, "--package", "weft-ebpf", "--release"])
+        .args([
+            "+nightly",
+            subcommand,
+            "--package",
+            "weft-ebpf",
+            "--release",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env("PATH", tools_path())
         // Its own target dir, so nightly and stable builds do not invalidate each other.
-        .env("CARGO_TARGET_DIR", workspace_root().join("target/bpf-build"))
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\u{1f}-Clink-arg=--btf");
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO"] {
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/bpf-build"),
+        )
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+        );
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -42,6 +61,10 @@ pub fn build() -> Result<PathBuf> {
     if std::fs::read(&dest).ok().as_deref() != Some(new.as_slice()) {
         std::fs::write(&dest, &new).with_context(|| format!("writing {}", dest.display()))?;
     }
-    step(format!("eBPF object: {} ({} bytes)", dest.display(), new.len()));
+    step(format!(
+        "eBPF object: {} ({} bytes)",
+        dest.display(),
+        new.len()
+    ));
     Ok(dest)
 }

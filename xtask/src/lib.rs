@@ -1,6 +1,11 @@
 //! Weft's developer tasks as a library, so that tests, the demo and the
 //! benchmarks share one namespace test bed and one toolchain setup.
 
+pub mod bench;
+pub mod check;
+pub mod demo;
 pub mod ebpf;
+pub mod mesh;
 pub mod setup;
+pub mod testbed;
 pub mod util;

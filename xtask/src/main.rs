@@ -16,6 +16,22 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs into target/bpf/weft.bpf.o (with BTF).
     BuildEbpf,
+    /// Run everything CI runs: fmt, clippy, unit tests, then the privileged end-to-end tests.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Run the demo: a mesh of namespace nodes on this machine (no Kubernetes needed).
+    Demo {
+        /// Keep the cluster running until Ctrl-C instead of tearing it down at once.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmarks: topology computation (and the datapath, against Kilo's iptables baseline).
+    Bench,
+    /// Test-bed self-test: build a small cluster, print `READY <prefix>`, wait for a signal.
+    #[command(hide = true)]
+    TestbedHold,
 }
 
 fn main() -> Result<()> {
@@ -26,5 +42,9 @@ fn main() -> Result<()> {
             xtask::setup::ensure()?;
             xtask::ebpf::build().map(|_| ())
         }
+        Cmd::Test { filter } => xtask::check::test(filter.as_deref()),
+        Cmd::Demo { keep } => xtask::demo::run(keep),
+        Cmd::Bench => xtask::bench::run_all(),
+        Cmd::TestbedHold => xtask::testbed::hold(),
     }
 }

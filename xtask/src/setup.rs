@@ -59,12 +59,19 @@ fn apt_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !apt_installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -84,12 +91,15 @@ fn apt_packages() -> Result<()> {
 }
 
 fn nix_is_root() -> bool {
-    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let s = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("the nightly toolchain is needed to build eBPF: `rustup toolchain install nightly`")?;
+    let s = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly toolchain is needed to build eBPF: `rustup toolchain install nightly`",
+    )?;
     Ok(PathBuf::from(s.trim()))
 }
 
@@ -100,7 +110,13 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     step("installing rust-src for the nightly toolchain (eBPF builds core from source)");
-    let rustup = run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]));
+    let rustup = run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]));
     if rustup.is_ok() && present() {
         return Ok(());
     }
@@ -111,7 +127,10 @@ fn rust_src() -> Result<()> {
     };
     match shared_rust_src_tarball() {
         Some(t) if std::env::var_os("CI").is_some() => {
-            step(format!("rustup could not provide rust-src ({why}); unpacking {}", t.display()));
+            step(format!(
+                "rustup could not provide rust-src ({why}); unpacking {}",
+                t.display()
+            ));
             std::fs::create_dir_all(&src)?;
             run(Command::new("tar").arg("-xJf").arg(&t).arg("-C").arg(&src))?;
             if !present() {
@@ -143,12 +162,19 @@ fn nightly_llvm_major() -> Result<u32> {
         .find_map(|l| l.strip_prefix("LLVM version:"))
         .context("`rustc +nightly -vV` printed no LLVM version")?;
     let major = line.trim().split('.').next().unwrap_or_default();
-    major.parse().with_context(|| format!("unexpected LLVM version {line:?}"))
+    major
+        .parse()
+        .with_context(|| format!("unexpected LLVM version {line:?}"))
 }
 
 fn bpf_linker() -> Result<()> {
     let bin = tools_dir().join("bin/bpf-linker");
-    if bin.is_file() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     let sysroot = nightly_sysroot()?;
@@ -174,8 +200,19 @@ fn bpf_linker() -> Result<()> {
         "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute, once)"
     ));
     run(Command::new("cargo")
-        .args(["+stable", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "+stable",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .arg("--root")
         .arg(tools_dir())
         .env("LLVM_PREFIX", &prefix)

@@ -29,7 +29,9 @@ fn describe(cmd: &Command) -> String {
 /// Runs `cmd` with inherited stdio; fails with the command line if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let d = describe(cmd);
-    let status = cmd.status().with_context(|| format!("cannot start `{d}`"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{d}`"))?;
     if !status.success() {
         bail!("`{d}` failed ({status})");
     }
@@ -39,10 +41,18 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` capturing its output; fails with stderr in the message if it fails.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let d = describe(cmd);
-    let Output { status, stdout, stderr } =
-        cmd.output().with_context(|| format!("cannot start `{d}`"))?;
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd
+        .output()
+        .with_context(|| format!("cannot start `{d}`"))?;
     if !status.success() {
-        bail!("`{d}` failed ({status}): {}", String::from_utf8_lossy(&stderr).trim());
+        bail!(
+            "`{d}` failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }

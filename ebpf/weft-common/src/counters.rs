@@ -3,21 +3,129 @@
 //! Map `WEFT_COUNTERS` (PerCpuArray, pinned at `/sys/fs/bpf/weft/WEFT_COUNTERS`):
 //! key = `u32` index from [`Counter`], value = [`CounterValue`] per CPU.
 //! Written by the eBPF programs, read (summed over CPUs) by the agent and `weftctl bpf`.
+//!
+//! Every packet a tc program sees adds to its `*_seen` counter and to exactly
+//! one outcome counter (an action, a pass reason or a drop reason). On top of
+//! that, `pod_learned` counts writes to `WEFT_PODS`, and a packet decapsulated
+//! on the NIC adds `ipip_decap` before the outcome of its inner packet. XDP adds
+//! `xdp_pass` or `xdp_drop_ipip_unknown_source` per frame. Bytes are the
+//! packet's length as the program found it (`skb->len`, the XDP frame
+//! length); an outcome after decapsulation counts the inner frame.
 
-/// Index of each counter in the `WEFT_COUNTERS` array.
+/// Index of each counter in the `WEFT_COUNTERS` array. Indices are stable:
+/// new counters get new numbers, old ones are never renumbered.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Packets seen by the pod-side tc program.
+    /// Packets seen by `weft_pod_ingress` (pod veth ingress).
     PodIngressSeen = 0,
+    /// Packets seen by `weft_nic_ingress` (NIC ingress).
+    NicIngressSeen = 1,
+    /// Packets seen by `weft_wg_ingress` (WireGuard device ingress).
+    WgIngressSeen = 2,
+    /// Pod (IP → veth, MAC) entries written into `WEFT_PODS` (new or changed).
+    PodLearned = 3,
+    /// Same-node pod to pod, switched at L2 straight into the peer veth.
+    LocalSameNode = 4,
+    /// Routed into a local pod with `bpf_redirect_peer` (TTL decremented).
+    DeliverLocalPeer = 5,
+    /// Routed into the pod bridge with `bpf_redirect_neigh` (pod not learned yet).
+    DeliverLocalBridge = 6,
+    /// Redirected into the WireGuard device.
+    RedirectWireguard = 7,
+    /// Redirected out of the NIC to a node of this location, unencapsulated.
+    RedirectNode = 8,
+    /// IPIP-encapsulated and redirected out of the NIC to a node of this location.
+    RedirectNodeIpip = 9,
+    /// IPIP from a known peer, outer header removed on NIC ingress.
+    IpipDecap = 10,
+    /// Passed to the stack: not IPv4 (ARP, IPv6, VLAN...).
+    PassNotIpv4 = 11,
+    /// Passed to the stack: NIC frame not addressed to this host's MAC.
+    PassNotForHost = 12,
+    /// Passed to the stack: no route (traffic for the host or outside the cluster).
+    PassNoRoute = 13,
+    /// Passed on (pod side): destination in this node's pod CIDR but not learned: the bridge delivers.
+    PassLocalBridge = 14,
+    /// Passed to the stack: the route belongs to another hop (a node route seen on the NIC,
+    /// a WireGuard route seen on the WireGuard device).
+    PassNotOurs = 15,
+    /// Passed to the stack: TTL would expire, the stack sends ICMP time exceeded.
+    PassTtlExpired = 16,
+    /// Dropped (tc on the NIC): IPIP from a source not in `WEFT_IPIP_PEERS`. The same
+    /// rule as XDP's, so the guard holds where XDP is not attached; the stack could
+    /// not decapsulate it anyway (it would answer "protocol unreachable").
+    DropIpipUnknownSource = 17,
+    /// Passed to the stack: IPv4 header inconsistent (IHL < 5, total length < header...).
+    Malformed = 18,
+    /// Dropped: IPIP encapsulation failed (no headroom, GSO packet the kernel refuses).
+    EncapFailed = 19,
+    /// Dropped: IPIP decapsulation failed after the packet was checked.
+    DecapFailed = 20,
+    /// Dropped: pushing the Ethernet header on a WireGuard packet failed.
+    HeaderPushFailed = 21,
+    /// XDP on the NIC: passed.
+    XdpPass = 22,
+    /// XDP on the NIC: IPIP from a source not in `WEFT_IPIP_PEERS`, dropped.
+    XdpDropIpipUnknownSource = 23,
 }
 
 impl Counter {
-    pub const ALL: &'static [Counter] = &[Counter::PodIngressSeen];
+    /// Every counter, in index order.
+    pub const ALL: &'static [Counter] = &[
+        Counter::PodIngressSeen,
+        Counter::NicIngressSeen,
+        Counter::WgIngressSeen,
+        Counter::PodLearned,
+        Counter::LocalSameNode,
+        Counter::DeliverLocalPeer,
+        Counter::DeliverLocalBridge,
+        Counter::RedirectWireguard,
+        Counter::RedirectNode,
+        Counter::RedirectNodeIpip,
+        Counter::IpipDecap,
+        Counter::PassNotIpv4,
+        Counter::PassNotForHost,
+        Counter::PassNoRoute,
+        Counter::PassLocalBridge,
+        Counter::PassNotOurs,
+        Counter::PassTtlExpired,
+        Counter::DropIpipUnknownSource,
+        Counter::Malformed,
+        Counter::EncapFailed,
+        Counter::DecapFailed,
+        Counter::HeaderPushFailed,
+        Counter::XdpPass,
+        Counter::XdpDropIpipUnknownSource,
+    ];
 
+    /// The metric-friendly name (snake_case, stable).
     pub const fn name(self) -> &'static str {
         match self {
             Counter::PodIngressSeen => "pod_ingress_seen",
+            Counter::NicIngressSeen => "nic_ingress_seen",
+            Counter::WgIngressSeen => "wg_ingress_seen",
+            Counter::PodLearned => "pod_learned",
+            Counter::LocalSameNode => "local_same_node",
+            Counter::DeliverLocalPeer => "deliver_local_peer",
+            Counter::DeliverLocalBridge => "deliver_local_bridge",
+            Counter::RedirectWireguard => "redirect_wireguard",
+            Counter::RedirectNode => "redirect_node",
+            Counter::RedirectNodeIpip => "redirect_node_ipip",
+            Counter::IpipDecap => "ipip_decap",
+            Counter::PassNotIpv4 => "pass_not_ipv4",
+            Counter::PassNotForHost => "pass_not_for_host",
+            Counter::PassNoRoute => "pass_no_route",
+            Counter::PassLocalBridge => "pass_local_bridge",
+            Counter::PassNotOurs => "pass_not_ours",
+            Counter::PassTtlExpired => "pass_ttl_expired",
+            Counter::DropIpipUnknownSource => "drop_ipip_unknown_source",
+            Counter::Malformed => "malformed",
+            Counter::EncapFailed => "encap_failed",
+            Counter::DecapFailed => "decap_failed",
+            Counter::HeaderPushFailed => "header_push_failed",
+            Counter::XdpPass => "xdp_pass",
+            Counter::XdpDropIpipUnknownSource => "xdp_drop_ipip_unknown_source",
         }
     }
 }
@@ -46,5 +154,24 @@ mod tests {
         for c in Counter::ALL {
             assert!((*c as u32) < COUNTER_SLOTS, "{}", c.name());
         }
+    }
+
+    #[test]
+    fn all_is_complete_ordered_and_names_are_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32, "{} out of order", c.name());
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+            assert!(
+                c.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            );
+        }
+        assert_eq!(
+            Counter::ALL.last().map(|c| *c as u32),
+            Some(Counter::ALL.len() as u32 - 1)
+        );
     }
 }

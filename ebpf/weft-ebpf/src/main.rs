@@ -1,10 +1,23 @@
 //! Weft's datapath programs. Each program is small and single-purpose; the
 //! maps they share are declared in `maps.rs` with their key, value and writer.
+//! The packet logic itself (parsing, checksums, the IPIP header, the
+//! forwarding decision) is plain code in `weft_common`, unit-tested on the host.
+//!
+//! | program | type | attached to |
+//! |---|---|---|
+//! | `weft_pod_ingress` | tc classifier | ingress of every host-side pod veth |
+//! | `weft_nic_ingress` | tc classifier | ingress of the NIC |
+//! | `weft_wg_ingress` | tc classifier | ingress of the WireGuard device |
+//! | `weft_xdp_ipip` | XDP | the NIC |
 #![no_std]
 #![no_main]
 
+mod fwd;
 mod maps;
+mod nic;
 mod pod;
+mod wg;
+mod xdp;
 
 // The kernel refuses GPL-only helpers to programs without a GPL-compatible licence.
 #[unsafe(link_section = "license")]

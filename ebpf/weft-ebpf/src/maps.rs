@@ -1,12 +1,43 @@
-//! Every map of the datapath. Pinned by the agent under `/sys/fs/bpf/weft/<NAME>`.
+//! Every map of the datapath. Declared `pinned`: aya pins each by name under
+//! the loader's pin directory (`/sys/fs/bpf/weft/<NAME>`), and a restarted
+//! agent reuses them. Key and value types live in `weft_common::maps`.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use weft_common::counters::{COUNTER_SLOTS, Counter, CounterValue};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+};
+use weft_common::{
+    counters::{COUNTER_SLOTS, Counter, CounterValue},
+    maps::{
+        IPIP_PEERS_MAX_ENTRIES, PODS_MAX_ENTRIES, PodEndpoint, ROUTES_MAX_ENTRIES, Route,
+        RouteAction,
+    },
+};
 
-/// `WEFT_COUNTERS`: key `u32` ([`Counter`] index) → [`CounterValue`] per CPU.
+/// `WEFT_ROUTES`: LPM trie, key `Key<[u8; 4]>` (prefix length, IPv4 destination in
+/// network order) → [`Route`]. Written by the agent from the topology (this node's
+/// pod CIDR → Local, other segments → WireGuard or the leader, nodes of this
+/// location → Node/NodeIpip); read by the tc programs.
+#[map]
+pub static WEFT_ROUTES: LpmTrie<[u8; 4], Route> = LpmTrie::pinned(ROUTES_MAX_ENTRIES, 0);
+
+/// `WEFT_PODS`: LRU hash, key `[u8; 4]` pod IP → [`PodEndpoint`] (host-side veth,
+/// pod MAC). Written by `weft_pod_ingress`, which learns the source of what each
+/// local pod sends (IPv4 and ARP); read by all tc programs to deliver with
+/// `bpf_redirect_peer`. The agent may delete entries of pods that are gone.
+#[map]
+pub static WEFT_PODS: LruHashMap<[u8; 4], PodEndpoint> = LruHashMap::pinned(PODS_MAX_ENTRIES, 0);
+
+/// `WEFT_IPIP_PEERS`: hash, key `[u8; 4]` node private IP → `u32` (1). Written by
+/// the agent (the nodes of this location); read by `weft_xdp_ipip` (drops IPIP
+/// from anyone else) and `weft_nic_ingress` (decapsulates IPIP from them).
+#[map]
+pub static WEFT_IPIP_PEERS: HashMap<[u8; 4], u32> = HashMap::pinned(IPIP_PEERS_MAX_ENTRIES, 0);
+
+/// `WEFT_COUNTERS`: per-CPU array, key `u32` ([`Counter`] index) → [`CounterValue`].
 /// Written by every program; read by the agent (`/metrics`) and `weftctl bpf counters`.
 #[map]
-pub static WEFT_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+pub static WEFT_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 /// Adds one packet of `len` bytes to counter `c` on this CPU.
 #[inline(always)]
@@ -18,4 +49,49 @@ pub fn count(c: Counter, len: u32) {
             (*slot).bytes += len as u64;
         }
     }
+}
+
+/// The longest-prefix route to `dst`, copied out of the map; `action` 0 if none.
+///
+/// Plain values, not `Option`s: LLVM leaves the payload of a `None` in
+/// registers the verifier considers uninitialised ("!read_ok").
+#[inline(always)]
+pub fn lookup_route(dst: [u8; 4]) -> Route {
+    match WEFT_ROUTES.get(Key::new(32, dst)) {
+        Some(r) => *r,
+        None => Route::default(),
+    }
+}
+
+/// Whether `ip` falls in a Local route (this node's pod CIDR).
+#[inline(always)]
+pub fn is_local_pod_ip(ip: [u8; 4]) -> bool {
+    matches!(lookup_route(ip).kind(), Some(RouteAction::Local))
+}
+
+/// The learned endpoint of pod `ip`, copied out of the map; `ifindex` 0 if none.
+#[inline(always)]
+pub fn lookup_pod(ip: [u8; 4]) -> PodEndpoint {
+    match WEFT_PODS.get_ptr(ip) {
+        // SAFETY: the pointer comes from a successful lookup and is read once; a concurrent
+        // update can at worst give a torn copy of plain data, corrected by the next packet.
+        Some(p) => unsafe { p.read() },
+        None => PodEndpoint::default(),
+    }
+}
+
+/// Records pod `ip` at `seen` if new or changed and in this node's pod CIDR.
+/// Returns whether the map was written.
+#[inline(always)]
+pub fn learn_pod(ip: [u8; 4], seen: PodEndpoint) -> bool {
+    if !weft_common::route::should_learn(ip, &seen, &lookup_pod(ip)) || !is_local_pod_ip(ip) {
+        return false;
+    }
+    WEFT_PODS.insert(ip, seen, 0).is_ok()
+}
+
+/// Whether `ip` is a node of this location (IPIP accepted from it).
+#[inline(always)]
+pub fn is_ipip_peer(ip: [u8; 4]) -> bool {
+    WEFT_IPIP_PEERS.get_ptr(ip).is_some()
 }

@@ -1,13 +1,110 @@
-//! tc program on the pod side: every packet a pod sends enters here.
+//! `weft_pod_ingress`: tc ingress of every host-side pod veth (the ports of the
+//! pod bridge), so every packet a local pod sends enters here.
+//!
+//! Catching pod traffic on the veths rather than on the bridge lets
+//! same-node pod-to-pod frames skip the bridge and br_netfilter (iptables
+//! FORWARD), and tells us which veth and MAC each pod IP lives behind.
+//!
+//! - ARP and IPv4: learn the sender into `WEFT_PODS` (when new or changed).
+//! - Not IPv4: `TC_ACT_OK`.
+//! - IPv4: [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
+//!   [`crate::fwd::execute`].
 
-use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
-use weft_common::counters::Counter;
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_log_ebpf::debug;
+use weft_common::{
+    counters::Counter,
+    maps::PodEndpoint,
+    packet::{ARP_IPV4_LEN, ArpFacts, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthFacts, Ipv4Facts},
+    route::{Hook, PacketFacts, decide},
+};
 
-use crate::maps::count;
+use crate::{
+    fwd::{EthIpv4, execute, ingress_ifindex, tc_ptr},
+    maps::{count, learn_pod, lookup_pod, lookup_route},
+};
 
-/// Counts pod packets and hands them to the next stage unchanged.
+/// An Ethernet header followed by an Ethernet/IPv4 ARP body.
+#[repr(C)]
+struct EthArp {
+    eth: [u8; ETH_HLEN],
+    arp: [u8; ARP_IPV4_LEN],
+}
+
 #[classifier]
 pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
-    count(Counter::PodIngressSeen, ctx.len());
-    TC_ACT_PIPE
+    let len = ctx.len();
+    count(Counter::PodIngressSeen, len);
+    let Some(eth) = tc_ptr::<[u8; ETH_HLEN]>(&ctx, 0) else {
+        count(Counter::Malformed, len);
+        return TC_ACT_OK;
+    };
+    // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
+    let Ok(eth) = EthFacts::parse(unsafe { &*eth }) else {
+        count(Counter::Malformed, len);
+        return TC_ACT_OK;
+    };
+    match eth.ethertype {
+        ETH_P_IP => ipv4(&ctx, &eth, len),
+        ETH_P_ARP => {
+            learn_from_arp(&ctx);
+            count(Counter::PassNotIpv4, len);
+            TC_ACT_OK
+        }
+        _ => {
+            count(Counter::PassNotIpv4, len);
+            TC_ACT_OK
+        }
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
+    let Some(p) = tc_ptr::<EthIpv4>(ctx, 0) else {
+        count(Counter::Malformed, len);
+        return TC_ACT_OK;
+    };
+    // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
+    let Ok(ip) = Ipv4Facts::parse(unsafe { &(*p).ip }) else {
+        count(Counter::Malformed, len);
+        return TC_ACT_OK;
+    };
+    let ifindex = ingress_ifindex(ctx);
+    learn(ctx, ip.src, PodEndpoint::new(ifindex, eth.src));
+    let facts = PacketFacts {
+        ingress_ifindex: ifindex,
+        dst_mac: eth.dst,
+        ttl: ip.ttl,
+        dst: ip.dst,
+    };
+    let d = decide(Hook::Pod, &facts, lookup_pod(ip.dst), lookup_route);
+    // Routed into a pod: the new source is the gateway MAC the pod sent to.
+    execute(ctx, &d, &ip, eth.dst)
+}
+
+#[inline(always)]
+fn learn_from_arp(ctx: &TcContext) {
+    let Some(p) = tc_ptr::<EthArp>(ctx, 0) else {
+        return;
+    };
+    // SAFETY: bounds checked by tc_ptr; read-only copy of the ARP fields.
+    let Ok(arp) = ArpFacts::parse(unsafe { &(*p).arp }) else {
+        return;
+    };
+    learn(
+        ctx,
+        arp.sender_ip,
+        PodEndpoint::new(ingress_ifindex(ctx), arp.sender_mac),
+    );
+}
+
+#[inline(always)]
+fn learn(ctx: &TcContext, ip: [u8; 4], seen: PodEndpoint) {
+    if learn_pod(ip, seen) {
+        count(Counter::PodLearned, ctx.len());
+        debug!(
+            ctx,
+            "weft: pod {:i} at ifindex {} mac {:mac}", ip, seen.ifindex, seen.mac
+        );
+    }
 }

@@ -1,0 +1,827 @@
+//! The node agent's main loop: backend → model → topology → reconcilers.
+//!
+//! On every resync tick (and on every change of the directory) the agent
+//! reads the nodes and peers, publishes its own node's annotations, computes
+//! its topology, and brings the WireGuard device, the kernel routes, the eBPF
+//! maps and attachments and the CNI config to it — each by difference, so an
+//! unchanged resync touches nothing and drops no packet.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+use crate::backend::dir::DirBackend;
+use crate::datapath::{Datapath, Hook, maps};
+use crate::keys::KeyPair;
+use crate::model::annotations::{self as a, weft};
+use crate::model::{
+    Encapsulate, Granularity, Node, NodeObject, PublicKey, Settings, SystemResolver, parse_nodes,
+    parse_peers,
+};
+use crate::routes::{DesiredRoute, LinkRef, RouteVia, Routes};
+use crate::topology::{Mesh, PeerOrigin, RouteKind, Topology};
+use crate::wireguard::{self, DesiredPeer, WireGuard};
+use crate::{cni, detect, health, http};
+
+/// Weft node agent: keeps this node's part of the pod mesh true to the topology.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "weft", version)]
+pub struct Config {
+    /// Where nodes and peers come from. `dir`: a directory of YAML files
+    /// (nodes/<name>.yaml, peers/<name>.yaml, settings.yaml), the embedded
+    /// default that needs no cluster. (The Kubernetes backend is not built yet.)
+    #[arg(long, default_value = "dir", value_parser = ["dir"])]
+    pub backend: String,
+    /// The directory of the `dir` backend.
+    #[arg(long, required = true)]
+    pub dir: PathBuf,
+    /// Name of this node (its file is <dir>/nodes/<hostname>.yaml). Default: the system hostname.
+    #[arg(long, env = "WEFT_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Name of the WireGuard interface.
+    #[arg(long, default_value = "weft0")]
+    pub interface: String,
+    /// WireGuard listen port (overrides settings.yaml; default 51820).
+    #[arg(long)]
+    pub port: Option<std::num::NonZeroU16>,
+    /// Subnet the segments' WireGuard addresses come from (overrides settings.yaml; default 10.4.0.0/16).
+    #[arg(long)]
+    pub subnet: Option<IpNet>,
+    /// `location`: one WireGuard segment per location; `full`: every node its own segment (overrides settings.yaml).
+    #[arg(long)]
+    pub mesh_granularity: Option<Granularity>,
+    /// IPIP between nodes of a location: `never`, `crosssubnet` (only across subnets) or `always` (overrides settings.yaml).
+    #[arg(long)]
+    pub encapsulate: Option<Encapsulate>,
+    /// Node label giving its location when it has no `location` annotation (overrides settings.yaml).
+    #[arg(long)]
+    pub topology_label: Option<String>,
+    /// MTU of the WireGuard device: a number, or `auto` (the default route interface's MTU − 80).
+    #[arg(long, default_value = "auto")]
+    pub mtu: String,
+    /// Service CIDR(s), never masqueraded (comma-separated or repeated; added to settings.yaml's).
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Vec<IpNet>,
+    /// Only addresses inside these CIDRs count as the node's private IP (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub internal_cidr: Vec<IpNet>,
+    /// How often to re-check everything and refresh `last-seen` (e.g. 30s, 2s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub resync_period: Duration,
+    /// On SIGTERM/SIGINT remove everything weft set up (WireGuard device, routes, eBPF programs,
+    /// links and pins). With false, the device and the pinned datapath keep forwarding after exit.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub clean_up: bool,
+    /// Address of the HTTP server for /health, /metrics and /graph (`:1107` = every address).
+    #[arg(long, default_value = ":1107")]
+    pub listen: String,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// WireGuard implementation: `kernel`, `userspace` (wireguard-go), or `auto` (kernel where the module exists).
+    #[arg(long, default_value = "auto")]
+    pub wireguard: wireguard::Mode,
+    /// Where the agent keeps its private key (mode 0600).
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+    /// The pod bridge: its ports (the host ends of the pod veths) get the pod-side eBPF program.
+    #[arg(long, default_value = "kube-bridge")]
+    pub pod_bridge: String,
+    /// Directory on a bpffs where maps and links are pinned (bpftool reads them there).
+    #[arg(long, default_value = crate::datapath::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// Write the CNI configuration (bridge plugin, host-local IPAM on the node's pod CIDR).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub cni: bool,
+    /// Where the CNI configuration goes.
+    #[arg(long, default_value = "/etc/cni/net.d/10-weft.conflist")]
+    pub cni_path: PathBuf,
+    /// A leader that has heard nothing from any other segment's leader over WireGuard for this
+    /// long, while others hear each other, is passed over (use the same value on every node).
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    pub leader_health_timeout: Duration,
+}
+
+/// Parses `30s`, `500ms`, `3m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 500ms, 3m"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn public_key(k: &crate::keys::Key) -> PublicKey {
+    PublicKey::from_bytes(*k.as_bytes())
+}
+
+fn wg_key(k: &PublicKey) -> crate::keys::Key {
+    crate::keys::Key(*k.as_bytes())
+}
+
+/// Leader health as this node sees it.
+#[derive(Default)]
+struct Health {
+    /// Published `wireguard-alive` (unix seconds) while leader.
+    alive: Option<i64>,
+    was_leader: bool,
+    /// Bytes received per segment peer at the last look.
+    rx: HashMap<PublicKey, u64>,
+}
+
+/// Everything the agent holds between reconciles.
+struct Agent {
+    cfg: Config,
+    hostname: String,
+    backend: DirBackend,
+    keys: KeyPair,
+    wg: WireGuard,
+    wg_ifindex: u32,
+    routes: Routes,
+    datapath: Datapath,
+    state: Arc<http::State>,
+    health: Health,
+    last: Option<Topology>,
+    /// Problems reported so far, so each is logged once when it appears.
+    reported: BTreeSet<String>,
+    demoted: BTreeSet<String>,
+    /// `discovered-endpoints` as last read from WireGuard (JSON).
+    discovered: String,
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    let hostname = match &cfg.hostname {
+        Some(h) => h.clone(),
+        None => nix_hostname()?,
+    };
+    let backend = DirBackend::new(&cfg.dir);
+    let state = Arc::new(http::State::default());
+    let listen = http::parse_listen(&cfg.listen)?;
+    let server = tokio::spawn(http::serve(listen, state.clone()));
+
+    let (keys, new) = crate::keys::load_or_generate(&cfg.state_dir)
+        .with_context(|| format!("WireGuard key in {}", cfg.state_dir.display()))?;
+    info!(public_key = %keys.public_key(), new, "WireGuard key {}", if new { "generated" } else { "loaded" });
+    let wg = WireGuard::open(wireguard::Options::new(&cfg.interface, cfg.wireguard))
+        .await
+        .with_context(|| format!("opening WireGuard device {}", cfg.interface))?;
+    info!(interface = %cfg.interface, implementation = ?wg.implementation(), adopted = wg.adopted(), "WireGuard device ready");
+    let wg_ifindex = wg.ifindex().await?;
+    let datapath = Datapath::load(&cfg.bpf_pin_dir)?;
+    let routes = Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT)
+        .context("netlink socket")?;
+
+    let mut agent = Agent {
+        cfg,
+        hostname,
+        backend,
+        keys,
+        wg,
+        wg_ifindex,
+        routes,
+        datapath,
+        state,
+        health: Health::default(),
+        last: None,
+        reported: BTreeSet::new(),
+        demoted: BTreeSet::new(),
+        discovered: "{}".to_string(),
+    };
+    let (_watcher, mut changes) = watch_dir(&agent.cfg.dir)?;
+    let mut restarts = agent.wg.restarts();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(agent.cfg.resync_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(hostname = %agent.hostname, dir = %agent.cfg.dir.display(), "weft started");
+    loop {
+        let full = tokio::select! {
+            _ = tick.tick() => true,
+            Some(()) = changes.recv() => {
+                // Coalesce a burst of file events into one reconcile.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changes.try_recv().is_ok() {}
+                false
+            }
+            Ok(()) = restarts.changed() => {
+                warn!("wireguard-go was restarted: re-applying routes and eBPF attachments");
+                true
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        agent.state.metrics.reconciles.inc();
+        match agent.reconcile(full).await {
+            Ok(()) => agent.state.healthy.store(true, Ordering::Relaxed),
+            Err(e) => {
+                agent.state.healthy.store(false, Ordering::Relaxed);
+                agent.state.metrics.error("reconcile");
+                warn!("reconcile failed: {e:#}");
+            }
+        }
+    }
+    server.abort();
+    agent.shut_down().await
+}
+
+fn nix_hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the hostname")?;
+    Ok(h.trim().to_string())
+}
+
+/// Watches the backend directory; each change sends `()`.
+fn watch_dir(
+    dir: &std::path::Path,
+) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .context("starting the directory watcher")?;
+    w.watch(dir, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((w, rx))
+}
+
+impl Agent {
+    /// Logs a problem once, when it first appears, and counts it.
+    fn report(&mut self, seen: &mut BTreeSet<String>, kind: &str, msg: String) {
+        if !self.reported.contains(&msg) {
+            warn!(kind, "{msg}");
+            self.state.metrics.error(kind);
+        }
+        seen.insert(msg);
+    }
+
+    fn settings(&self, file: Option<&crate::model::SettingsFile>) -> Result<Settings> {
+        let mut s = match file {
+            Some(f) => f
+                .parse()
+                .with_context(|| format!("{}/settings.yaml", self.cfg.dir.display()))?,
+            None => Settings::default(),
+        };
+        let o = crate::ctl::Overrides {
+            granularity: self.cfg.mesh_granularity,
+            subnet: self.cfg.subnet,
+            port: self.cfg.port,
+            topology_label: self.cfg.topology_label.clone(),
+            encapsulate: self.cfg.encapsulate,
+        };
+        s = o.apply(s);
+        for c in &self.cfg.service_cidr {
+            if !s.service_cidrs.contains(&c.trunc()) {
+                s.service_cidrs.push(c.trunc());
+            }
+        }
+        Ok(s)
+    }
+
+    async fn reconcile(&mut self, full: bool) -> Result<()> {
+        let now = unix_now();
+        let snap = self
+            .backend
+            .load()
+            .context("reading the directory backend")?;
+        let settings = self.settings(snap.settings.as_ref())?;
+        let mut seen = BTreeSet::new();
+        for e in &snap.errors {
+            self.report(&mut seen, "backend", e.to_string());
+        }
+        let Some(own) = snap.nodes.iter().find(|n| n.name == self.hostname).cloned() else {
+            bail!(
+                "no node file for {}: create {} with its podCIDR",
+                self.hostname,
+                self.backend.node_path(&self.hostname).display()
+            );
+        };
+
+        // Publish this node's annotations: every tick (last-seen), else only on change.
+        let own = self.publish(own, &settings, now, full)?;
+        let mut objects = snap.nodes.clone();
+        if let Some(o) = objects.iter_mut().find(|n| n.name == self.hostname) {
+            *o = own;
+        }
+        let (nodes, node_errors) = parse_nodes(&objects, &settings.topology_label);
+        for e in &node_errors {
+            self.report(&mut seen, "node", e.to_string());
+        }
+        let (peers, peer_errors) = parse_peers(&snap.peers);
+        for e in &peer_errors {
+            self.report(&mut seen, "peer", e.to_string());
+        }
+
+        let demoted = health::demoted(&nodes, now, self.cfg.leader_health_timeout.as_secs() as i64);
+        if demoted != self.demoted {
+            for d in demoted.difference(&self.demoted) {
+                warn!(node = %d, "leader failover: {d} hears no other segment over WireGuard; passing it over");
+                self.state.metrics.leader_failovers.inc();
+            }
+            for d in self.demoted.difference(&demoted) {
+                info!(node = %d, "{d} is no longer passed over as leader");
+            }
+            self.demoted = demoted.clone();
+        }
+        let mesh = Mesh::build(&nodes, &peers, &settings, now, &demoted)?;
+        for w in &mesh.warnings {
+            self.report(&mut seen, "topology", w.to_string());
+        }
+        self.reported = seen;
+        *self.state.graph.write().expect("not poisoned") = crate::ctl::graph::dot(&mesh);
+        let topo = mesh
+            .topology(&self.hostname)
+            .context("computing this node's topology")?;
+
+        let own_node = nodes.iter().find(|n| n.name == self.hostname).cloned();
+        self.apply(&topo, own_node.as_ref()).await?;
+        self.update_health(&topo, now).await;
+        self.update_metrics(&mesh, &topo, &nodes, now, &demoted);
+        if let Some(last) = &self.last {
+            let d = crate::topology::diff(last, &topo);
+            if !d.is_empty() {
+                info!(
+                    leader = ?d.leader,
+                    wireguard_ip = ?d.wireguard_ip,
+                    peers_added = d.peers_added.len(),
+                    peers_removed = d.peers_removed.len(),
+                    peers_changed = d.peers_changed.len(),
+                    routes_added = ?d.routes_added.iter().map(|r| r.dst.to_string()).collect::<Vec<_>>(),
+                    routes_removed = ?d.routes_removed.iter().map(|r| r.dst.to_string()).collect::<Vec<_>>(),
+                    routes_changed = d.routes_changed.len(),
+                    "topology changed"
+                );
+            }
+        } else {
+            info!(leader = topo.leader, segment = %topo.segment, peers = topo.peers.len(), routes = topo.routes.len(), "topology computed");
+        }
+        self.last = Some(topo);
+        Ok(())
+    }
+
+    /// Writes this node's agent annotations into its file if they changed
+    /// (or, on a full resync, to refresh `last-seen`). Returns the object as
+    /// it now stands.
+    fn publish(
+        &mut self,
+        mut own: NodeObject,
+        settings: &Settings,
+        now: i64,
+        full: bool,
+    ) -> Result<NodeObject> {
+        let addrs = detect::addresses()?;
+        let default_if = detect::default_route_interface()?;
+        let mut exclude = vec![self.cfg.pod_bridge.clone(), self.cfg.interface.clone()];
+        exclude.extend(crate::podside::bridge_ports(&self.cfg.pod_bridge)?);
+        let found = detect::choose(
+            &addrs,
+            default_if.as_deref(),
+            &exclude,
+            &self.cfg.internal_cidr,
+        );
+        let port = settings.port.get();
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        want.insert(weft(a::KEY), self.keys.public_key().to_string());
+        let endpoint_ip = found.public.or(found.internal.map(|n| n.addr()));
+        want.insert(
+            weft(a::ENDPOINT),
+            endpoint_ip
+                .map(|ip| format!("{ip}:{port}"))
+                .unwrap_or_default(),
+        );
+        want.insert(
+            weft(a::INTERNAL_IP),
+            found.internal.map(|n| n.to_string()).unwrap_or_default(),
+        );
+        if let Some(t) = &self.last
+            && let Some(ip) = t.wireguard_ip
+        {
+            // Published by every node of the segment, so that a new leader keeps the address.
+            want.insert(weft(a::WIREGUARD_IP), ip.to_string());
+        } else if let Some(v) = own.annotations.get(&weft(a::WIREGUARD_IP)) {
+            want.insert(weft(a::WIREGUARD_IP), v.clone());
+        }
+        want.insert(
+            weft(a::GRANULARITY),
+            settings.granularity.as_str().to_string(),
+        );
+        want.insert(weft(a::DISCOVERED_ENDPOINTS), self.discovered.clone());
+        if let Some(alive) = self.health.alive {
+            want.insert(weft(a::WIREGUARD_ALIVE), alive.to_string());
+        } else if let Some(v) = own.annotations.get(&weft(a::WIREGUARD_ALIVE)) {
+            // Not a leader: keep what we last published (a demotion sticks).
+            want.insert(weft(a::WIREGUARD_ALIVE), v.clone());
+        }
+        let changed = want.iter().any(|(k, v)| own.annotations.get(k) != Some(v));
+        let no_last_seen = !own.annotations.contains_key(&weft(a::LAST_SEEN));
+        if changed || full || no_last_seen {
+            for (k, v) in &want {
+                if own.annotations.get(k) != Some(v) && k != &weft(a::DISCOVERED_ENDPOINTS) {
+                    info!(annotation = %k, value = %v, "publishing");
+                }
+            }
+            own.annotations.extend(want);
+            own.annotations.insert(weft(a::LAST_SEEN), now.to_string());
+            self.backend
+                .write_node(&own)
+                .context("writing this node's file")?;
+        }
+        Ok(own)
+    }
+
+    async fn apply(&mut self, topo: &Topology, own: Option<&Node>) -> Result<()> {
+        let m = &self.state.metrics;
+        // WireGuard: the device always exists; leaders carry the address and peers.
+        self.wg
+            .set_interface(self.keys.private_key(), topo.interface.listen_port)
+            .await?;
+        let mtu = self.mtu().await?;
+        self.wg.set_mtu(mtu).await?;
+        self.wg.up().await?;
+        let addrs: Vec<IpNet> = topo.wireguard_ip.into_iter().collect();
+        self.wg.set_addresses(&addrs).await?;
+        let peers = self.desired_peers(topo);
+        let s = self.wg.apply_peers(&peers).await?;
+        m.peer_change("added", s.added as u64);
+        m.peer_change("removed", s.removed as u64);
+        m.peer_change("changed", s.changed as u64);
+        if s.touched() {
+            info!(
+                added = s.added,
+                removed = s.removed,
+                changed = s.changed,
+                unchanged = s.unchanged,
+                "WireGuard peers updated"
+            );
+        }
+
+        // The NIC: the interface holding the private IP.
+        let private = own.and_then(|n| n.internal_ip);
+        let nic = match private {
+            Some(p) => detect::addresses()?
+                .into_iter()
+                .find(|a| IpAddr::V4(a.net.addr()) == p.addr())
+                .map(|a| a.ifname),
+            None => None,
+        };
+        let wg_ifindex = self.wg.ifindex().await?;
+        if wg_ifindex != self.wg_ifindex {
+            // wireguard-go was restarted: its new TUN needs the program again.
+            self.datapath.detach(Hook::WgIngress, &self.cfg.interface)?;
+            self.wg_ifindex = wg_ifindex;
+        }
+
+        // Kernel routes: for traffic the host itself originates.
+        let nic_ref = nic.clone().map(LinkRef::Name);
+        let mut desired = Vec::new();
+        for r in &topo.routes {
+            let via = match &r.kind {
+                RouteKind::Local => continue,
+                RouteKind::WireGuard { gateway: Some(gw) } => RouteVia::Gateway {
+                    gw: *gw,
+                    dev: LinkRef::Name(self.cfg.interface.clone()),
+                    onlink: true,
+                },
+                RouteKind::WireGuard { gateway: None } => {
+                    RouteVia::Device(LinkRef::Name(self.cfg.interface.clone()))
+                }
+                RouteKind::Node { gateway, .. } => match &nic_ref {
+                    // No ipip module: host traffic inside a location is routed
+                    // directly; pod traffic is encapsulated by the datapath.
+                    Some(dev) => RouteVia::Gateway {
+                        gw: *gateway,
+                        dev: dev.clone(),
+                        onlink: true,
+                    },
+                    None => continue,
+                },
+            };
+            desired.push(DesiredRoute {
+                dst: r.dst,
+                via,
+                src: None,
+                metric: None,
+                mtu: None,
+            });
+        }
+        let rs = self.routes.reconcile(&desired).await?;
+        m.route_change("added", (rs.added + rs.replaced) as u64);
+        m.route_change("removed", rs.removed as u64);
+        if rs.added + rs.replaced + rs.removed > 0 {
+            info!(
+                added = rs.added,
+                replaced = rs.replaced,
+                removed = rs.removed,
+                unchanged = rs.unchanged,
+                "routes updated"
+            );
+        }
+
+        // eBPF: maps by difference, then attachments.
+        let bridge_ifindex = ifindex(&self.cfg.pod_bridge);
+        let nic_ifindex = nic.as_deref().and_then(ifindex);
+        let my_private = private.and_then(|p| match p.addr() {
+            IpAddr::V4(v) => Some(v),
+            IpAddr::V6(_) => None,
+        });
+        let mut want = BTreeMap::new();
+        for r in &topo.routes {
+            let IpNet::V4(dst) = r.dst else { continue };
+            let route = match &r.kind {
+                RouteKind::Local => match bridge_ifindex {
+                    Some(b) => weft_common::maps::Route::local(b),
+                    None => continue,
+                },
+                RouteKind::WireGuard { .. } => weft_common::maps::Route::wireguard(wg_ifindex),
+                RouteKind::Node {
+                    gateway: IpAddr::V4(gw),
+                    encapsulate,
+                } => match (nic_ifindex, my_private) {
+                    (Some(nic), Some(src)) if *encapsulate => {
+                        weft_common::maps::Route::node_ipip(nic, gw.octets(), src.octets())
+                    }
+                    (Some(nic), _) => weft_common::maps::Route::node(nic, gw.octets()),
+                    _ => continue,
+                },
+                RouteKind::Node { .. } => continue,
+            };
+            want.insert(maps::route_key(&dst), route);
+        }
+        let w = maps::sync_routes(self.datapath.map_mut(weft_common::maps::ROUTES)?, &want)?;
+        m.map_writes(weft_common::maps::ROUTES, w.total());
+        let ipip: Vec<Ipv4Addr> = topo
+            .ipip_sources
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v) if Some(*v) != my_private => Some(*v),
+                _ => None,
+            })
+            .collect();
+        let w2 =
+            maps::sync_ipip_peers(self.datapath.map_mut(weft_common::maps::IPIP_PEERS)?, &ipip)?;
+        m.map_writes(weft_common::maps::IPIP_PEERS, w2.total());
+        if w.total() + w2.total() > 0 {
+            info!(routes = ?w, ipip_peers = ?w2, "eBPF maps updated");
+        }
+        let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
+        self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
+        let nics: Vec<String> = nic.into_iter().collect();
+        self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
+        self.datapath.reconcile_hook(Hook::NicXdp, &nics)?;
+        self.datapath
+            .reconcile_hook(Hook::WgIngress, std::slice::from_ref(&self.cfg.interface))?;
+
+        if self.cfg.cni {
+            let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, mtu);
+            if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
+                info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
+            }
+        }
+        Ok(())
+    }
+
+    async fn mtu(&self) -> Result<u32> {
+        if self.cfg.mtu == "auto" {
+            return Ok(wireguard::auto_mtu().await?);
+        }
+        self.cfg
+            .mtu
+            .parse()
+            .with_context(|| format!("--mtu {:?}: expected a number or auto", self.cfg.mtu))
+    }
+
+    /// The topology's peers in WireGuard's terms; leaders keep a keepalive
+    /// towards other segments' leaders so that their health is observable.
+    fn desired_peers(&self, topo: &Topology) -> Vec<DesiredPeer> {
+        let health_keepalive = (self.cfg.leader_health_timeout.as_secs() / 4).clamp(1, 25) as u16;
+        topo.peers
+            .iter()
+            .map(|p| {
+                let endpoint = match p.resolve_endpoint(&SystemResolver) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(peer = %p.public_key, "cannot resolve endpoint: {e}");
+                        None
+                    }
+                };
+                let keepalive = p.persistent_keepalive.map(|k| k.secs()).or(match p.origin {
+                    PeerOrigin::Segment(_) => Some(health_keepalive),
+                    PeerOrigin::External(_) => None,
+                });
+                DesiredPeer {
+                    public_key: wg_key(&p.public_key),
+                    endpoint,
+                    allowed_ips: p.allowed_ips.clone(),
+                    persistent_keepalive: keepalive,
+                    preshared_key: p.preshared_key.map(|k| crate::keys::Key(*k.as_bytes())),
+                }
+            })
+            .collect()
+    }
+
+    /// Updates `wireguard-alive` from the segment peers' handshakes and
+    /// received bytes, and the discovered endpoints.
+    async fn update_health(&mut self, topo: &Topology, now: i64) {
+        let stats = match self.wg.peer_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("reading WireGuard peer statistics: {e}");
+                return;
+            }
+        };
+        let segment_keys: BTreeSet<PublicKey> = topo
+            .peers
+            .iter()
+            .filter(|p| matches!(p.origin, PeerOrigin::Segment(_)))
+            .map(|p| p.public_key)
+            .collect();
+        if !topo.leader {
+            self.health.was_leader = false;
+            self.health.alive = None;
+            self.health.rx.clear();
+        } else {
+            if !self.health.was_leader {
+                // Grace period from the moment we lead.
+                self.health.alive = Some(now);
+                self.health.was_leader = true;
+            }
+            for s in &stats {
+                let k = public_key(&s.public_key);
+                if !segment_keys.contains(&k) {
+                    continue;
+                }
+                let grew = self
+                    .health
+                    .rx
+                    .insert(k, s.rx_bytes)
+                    .is_some_and(|old| s.rx_bytes > old);
+                let handshake = s.last_handshake.map(unix);
+                let mut alive = self.health.alive.unwrap_or(now);
+                if grew {
+                    alive = alive.max(now);
+                }
+                if let Some(h) = handshake {
+                    alive = alive.max(h);
+                }
+                self.health.alive = Some(alive);
+            }
+        }
+        let discovered: BTreeMap<PublicKey, SocketAddr> = stats
+            .iter()
+            .filter_map(|s| s.endpoint.map(|e| (public_key(&s.public_key), e)))
+            .collect();
+        self.discovered = crate::model::format_discovered_endpoints(&discovered);
+        let m = &self.state.metrics;
+        for s in &stats {
+            m.wireguard_peer(
+                &s.public_key.to_string(),
+                s.rx_bytes,
+                s.tx_bytes,
+                s.last_handshake.map(unix).unwrap_or(0) as u64,
+            );
+        }
+    }
+
+    fn update_metrics(
+        &self,
+        mesh: &Mesh,
+        topo: &Topology,
+        nodes: &[Node],
+        now: i64,
+        demoted: &BTreeSet<String>,
+    ) {
+        let m = &self.state.metrics;
+        m.nodes.set(nodes.len() as i64);
+        m.ready_nodes
+            .set(nodes.iter().filter(|n| n.is_ready(now)).count() as i64);
+        m.peers.set(mesh.peers.len() as i64);
+        m.wireguard_peers.set(topo.peers.len() as i64);
+        m.is_leader.set(topo.leader as i64);
+        let mine = mesh
+            .segments
+            .iter()
+            .find(|s| s.id == topo.segment)
+            .map(|s| s.nodes.iter().filter(|n| demoted.contains(&n.name)).count())
+            .unwrap_or(0);
+        m.failed_over_leaders.set(mine as i64);
+        match crate::datapath::counters::read_pinned(self.datapath.pin_dir()) {
+            Ok(counters) => {
+                for (c, v) in counters {
+                    m.datapath_counter(c.name(), v.packets, v.bytes);
+                }
+            }
+            Err(e) => debug!("reading datapath counters: {e:#}"),
+        }
+    }
+
+    async fn shut_down(self) -> Result<()> {
+        if !self.cfg.clean_up {
+            info!("exiting without clean-up: WireGuard and the pinned datapath keep forwarding");
+            return Ok(());
+        }
+        info!("cleaning up");
+        let mut errors = Vec::new();
+        if let Err(e) = self.datapath.clean_up() {
+            errors.push(format!("eBPF datapath: {e:#}"));
+        }
+        match self.routes.clean_up().await {
+            Ok(n) => info!(removed = n, "routes removed"),
+            Err(e) => errors.push(format!("routes: {e}")),
+        }
+        if let Err(e) = self.wg.clean_up().await {
+            errors.push(format!("WireGuard device: {e}"));
+        }
+        if self.cfg.cni {
+            match std::fs::remove_file(&self.cfg.cni_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("CNI configuration: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            info!("clean-up complete");
+            Ok(())
+        } else {
+            bail!("clean-up incomplete: {}", errors.join("; "))
+        }
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3m").unwrap(), Duration::from_secs(180));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "weft",
+            "--dir",
+            "/d",
+            "--hostname",
+            "a",
+            "--encapsulate",
+            "always",
+            "--service-cidr",
+            "10.43.0.0/16,10.44.0.0/16",
+        ])
+        .unwrap();
+        assert_eq!(c.encapsulate, Some(Encapsulate::Always));
+        assert_eq!(c.service_cidr.len(), 2);
+        assert!(c.clean_up);
+        assert!(
+            Config::try_parse_from(["weft", "--dir", "/d", "--backend", "kubernetes"]).is_err()
+        );
+        assert!(
+            Config::try_parse_from(["weft", "--dir", "/d", "--mesh-granularity", "bogus"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! The directory backend:
+//!
+//! ```text
+//! DIR/nodes/<name>.yaml   {name, podCIDR, labels: {}, annotations: {}}
+//! DIR/peers/<name>.yaml   {name, spec: {allowedIPs, publicKey, endpoint: {dnsOrIP: {ip|dns}, port},
+//!                                       persistentKeepalive, presharedKey}}
+//! DIR/settings.yaml       optional: {granularity, subnet, port, topologyLabel, encapsulate, serviceCIDRs}
+//! ```
+//!
+//! A file that does not parse is reported (naming the file) and skipped; the
+//! rest loads. Each agent rewrites only its own node file, atomically.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+
+use crate::model::{NodeObject, PeerObject, SettingsFile};
+
+pub const NODES_DIR: &str = "nodes";
+pub const PEERS_DIR: &str = "peers";
+pub const SETTINGS_FILE: &str = "settings.yaml";
+const EXTENSION: &str = ".yaml";
+
+/// The directory as a whole cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}: {reason}", path.display())]
+    Settings { path: PathBuf, reason: String },
+    #[error(
+        "invalid object name {0:?}: it must be non-empty, at most 253 characters, without '/', control characters or a leading '.'"
+    )]
+    InvalidName(String),
+    #[error("serializing node {name:?}: {reason}")]
+    Serialize { name: String, reason: String },
+}
+
+/// One file skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Everything the directory holds, raw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sorted by file name.
+    pub nodes: Vec<NodeObject>,
+    pub peers: Vec<PeerObject>,
+    /// `None` when there is no settings file.
+    pub settings: Option<SettingsFile>,
+    /// Files skipped.
+    pub errors: Vec<FileError>,
+}
+
+/// Whether `name` can be an object's name and so a file name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+}
+
+#[derive(Debug, Clone)]
+pub struct DirBackend {
+    root: PathBuf,
+}
+
+impl DirBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.root.join(NODES_DIR)
+    }
+
+    pub fn peers_dir(&self) -> PathBuf {
+        self.root.join(PEERS_DIR)
+    }
+
+    pub fn node_path(&self, name: &str) -> PathBuf {
+        self.nodes_dir().join(format!("{name}{EXTENSION}"))
+    }
+
+    pub fn peer_path(&self, name: &str) -> PathBuf {
+        self.peers_dir().join(format!("{name}{EXTENSION}"))
+    }
+
+    /// Loads every node, peer and the settings. Fails only when the
+    /// directory itself, a listing or the settings file is unusable.
+    pub fn load(&self) -> Result<Snapshot, DirError> {
+        let meta = fs::metadata(&self.root).map_err(|source| DirError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(DirError::NotADirectory(self.root.clone()));
+        }
+        let mut snap = Snapshot {
+            settings: self.load_settings()?,
+            ..Snapshot::default()
+        };
+        snap.nodes = load_objects(&self.nodes_dir(), &mut snap.errors, |n: &NodeObject| {
+            &n.name
+        })?;
+        snap.peers = load_objects(&self.peers_dir(), &mut snap.errors, |p: &PeerObject| {
+            &p.name
+        })?;
+        Ok(snap)
+    }
+
+    /// The settings file, when there is one.
+    pub fn load_settings(&self) -> Result<Option<SettingsFile>, DirError> {
+        let path = self.root.join(SETTINGS_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DirError::Io { path, source }),
+        };
+        // An empty file is no settings at all.
+        if text.trim().is_empty() {
+            return Ok(Some(SettingsFile::default()));
+        }
+        serde_norway::from_str(&text)
+            .map(Some)
+            .map_err(|e| DirError::Settings {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// One node's file, if present and valid.
+    pub fn read_node(&self, name: &str) -> Result<Option<NodeObject>, FileError> {
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        let path = self.node_path(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => parse_object(&path, &text, |n: &NodeObject| &n.name).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FileError {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes `nodes/<name>.yaml` atomically (a temporary file in the same
+    /// directory, then a rename), touching nothing else.
+    pub fn write_node(&self, node: &NodeObject) -> Result<PathBuf, DirError> {
+        if !valid_name(&node.name) {
+            return Err(DirError::InvalidName(node.name.clone()));
+        }
+        let text = serde_norway::to_string(node).map_err(|e| DirError::Serialize {
+            name: node.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let dir = self.nodes_dir();
+        fs::create_dir_all(&dir).map_err(|source| DirError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = self.node_path(&node.name);
+        write_atomic(&dir, &path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Temporary names start with '.' and do not end in `.yaml`, so a
+/// concurrent load never reads a half-written file.
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), DirError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DirError::Io { path, source }
+    };
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable; not all filesystems allow syncing a directory.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn parse_object<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    name: impl Fn(&T) -> &String,
+) -> Result<T, FileError> {
+    let bad = |reason: String| FileError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let obj: T = serde_norway::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(EXTENSION))
+        .unwrap_or_default();
+    if name(&obj) != stem {
+        return Err(bad(format!(
+            "name {:?} does not match the file name (expected {stem:?})",
+            name(&obj)
+        )));
+    }
+    Ok(obj)
+}
+
+/// Loads every `*.yaml` of a directory (absent: none), sorted by file name.
+fn load_objects<T: DeserializeOwned>(
+    dir: &Path,
+    errors: &mut Vec<FileError>,
+    name: impl Fn(&T) -> &String + Copy,
+) -> Result<Vec<T>, DirError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DirError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| DirError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        if n.starts_with('.') || !n.ends_with(EXTENSION) {
+            continue;
+        }
+        paths.push(entry.path());
+    }
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        match fs::read_to_string(&path) {
+            Ok(text) => match parse_object(&path, &text, name) {
+                Ok(o) => out.push(o),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(FileError {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn node(name: &str) -> NodeObject {
+        NodeObject {
+            name: name.into(),
+            pod_cidr: Some("10.2.1.0/24".into()),
+            labels: BTreeMap::from([("topology.kubernetes.io/region".into(), "eu".into())]),
+            annotations: BTreeMap::from([("weft.dev/leader".into(), String::new())]),
+        }
+    }
+
+    #[test]
+    fn writes_atomically_and_loads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::new(tmp.path());
+        // An empty directory loads as empty.
+        assert_eq!(b.load().unwrap(), Snapshot::default());
+        let path = b.write_node(&node("a1")).unwrap();
+        assert_eq!(path, tmp.path().join("nodes/a1.yaml"));
+        // Only the node file exists: no leftover temporary file.
+        let names: Vec<_> = fs::read_dir(b.nodes_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a1.yaml")]);
+        let snap = b.load().unwrap();
+        assert_eq!(snap.nodes, vec![node("a1")]);
+        assert!(snap.errors.is_empty());
+        // Rewriting replaces the file.
+        let mut n = node("a1");
+        n.annotations
+            .insert("weft.dev/last-seen".into(), "5".into());
+        b.write_node(&n).unwrap();
+        assert_eq!(b.read_node("a1").unwrap(), Some(n));
+        assert_eq!(b.read_node("zz").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_names_that_escape_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::new(tmp.path());
+        for bad in ["", "../x", "a/b", ".hidden", "a\nb"] {
+            assert!(
+                matches!(b.write_node(&node(bad)), Err(DirError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_documented_format_and_reports_bad_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("nodes")).unwrap();
+        fs::create_dir_all(root.join("peers")).unwrap();
+        fs::write(
+            root.join("nodes/a.yaml"),
+            "name: a\npodCIDR: 10.2.1.0/24\nlabels: {}\nannotations:\n  weft.dev/persistent-keepalive: 25\n  weft.dev/leader:\n",
+        )
+        .unwrap();
+        fs::write(root.join("nodes/b.yaml"), "name: not-b\n").unwrap();
+        fs::write(root.join("nodes/c.yaml"), "name: c\nbogus: 1\n").unwrap();
+        fs::write(root.join("nodes/d.yaml"), ": : :\n").unwrap();
+        fs::write(root.join("nodes/.e.yaml.1.tmp"), "garbage").unwrap();
+        fs::write(root.join("nodes/README"), "not yaml").unwrap();
+        fs::write(
+            root.join("peers/laptop.yaml"),
+            "name: laptop\nspec:\n  allowedIPs: [10.5.0.1/32]\n  publicKey: yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n  endpoint:\n    dnsOrIP: {ip: 192.0.2.1}\n    port: 51820\n  persistentKeepalive: 10\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("settings.yaml"),
+            "granularity: full\nserviceCIDRs: [10.96.0.0/12]\n",
+        )
+        .unwrap();
+        let snap = DirBackend::new(root).load().unwrap();
+        assert_eq!(snap.nodes.len(), 1);
+        assert_eq!(
+            snap.nodes[0].annotations["weft.dev/persistent-keepalive"],
+            "25"
+        );
+        assert_eq!(snap.nodes[0].annotations["weft.dev/leader"], "");
+        let failed: Vec<_> = snap
+            .errors
+            .iter()
+            .map(|e| e.path.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(failed, vec!["b.yaml", "c.yaml", "d.yaml"]);
+        assert!(
+            snap.errors[0].to_string().contains("does not match"),
+            "{}",
+            snap.errors[0]
+        );
+        assert!(
+            snap.errors[1].to_string().contains("bogus"),
+            "{}",
+            snap.errors[1]
+        );
+        assert_eq!(snap.peers.len(), 1);
+        let p = crate::model::Peer::parse(&snap.peers[0]).unwrap();
+        assert_eq!(p.endpoint.unwrap().to_string(), "192.0.2.1:51820");
+        let s = snap.settings.unwrap().parse().unwrap();
+        assert_eq!(s.granularity, crate::model::Granularity::Full);
+        assert_eq!(s.service_cidrs, vec!["10.96.0.0/12".parse().unwrap()]);
+    }
+
+    #[test]
+    fn bad_directory_and_bad_settings_fail_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            DirBackend::new(tmp.path().join("missing")).load(),
+            Err(DirError::Io { .. })
+        ));
+        let file = tmp.path().join("f");
+        fs::write(&file, "").unwrap();
+        assert!(matches!(
+            DirBackend::new(&file).load(),
+            Err(DirError::NotADirectory(_))
+        ));
+        fs::write(tmp.path().join("settings.yaml"), "granularity: [\n").unwrap();
+        let e = DirBackend::new(tmp.path()).load().unwrap_err();
+        assert!(e.to_string().contains("settings.yaml"), "{e}");
+    }
+}

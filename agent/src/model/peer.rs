@@ -1,0 +1,219 @@
+//! External WireGuard peers (a laptop, another cluster): Kilo's `Peer` CRD.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DnsName, Endpoint, Host, Keepalive, Key, ModelError, Object, PublicKey, parse_cidr, parse_port,
+};
+
+/// A peer as a backend holds it: `peers/<name>.yaml` in the directory
+/// backend, or a `Peer` object (the field names are Kilo's CRD's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerObject {
+    pub name: String,
+    #[serde(default)]
+    pub spec: PeerSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerSpec {
+    #[serde(rename = "allowedIPs", default)]
+    pub allowed_ips: Vec<String>,
+    #[serde(default)]
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<PeerEndpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEndpoint {
+    #[serde(rename = "dnsOrIP", default)]
+    pub dns_or_ip: DnsOrIp,
+    #[serde(default)]
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsOrIp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// A parsed peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// Network form, in the order given.
+    pub allowed_ips: Vec<IpNet>,
+    pub public_key: PublicKey,
+    /// `None` for a peer behind NAT that the mesh learns the address of.
+    pub endpoint: Option<Endpoint>,
+    pub persistent_keepalive: Option<Keepalive>,
+    pub preshared_key: Option<Key>,
+}
+
+impl Peer {
+    /// Ready as Kilo means it: a public key (always, once parsed) and at
+    /// least one allowed IP.
+    pub fn is_ready(&self) -> bool {
+        !self.allowed_ips.is_empty()
+    }
+
+    /// Parses a raw peer.
+    pub fn parse(o: &PeerObject) -> Result<Peer, ModelError> {
+        let bad = |field: &str, what: &'static str, value: &str, reason: String| ModelError {
+            object: Object::Peer(o.name.clone()),
+            field: field.to_owned(),
+            what,
+            value: value.to_owned(),
+            reason,
+        };
+        if o.name.is_empty() || o.name.chars().any(char::is_control) {
+            return Err(bad(
+                "name",
+                "peer name",
+                &o.name,
+                "must be non-empty, without control characters".into(),
+            ));
+        }
+        let s = &o.spec;
+        let public_key = s.public_key.trim().parse().map_err(|e: super::KeyError| {
+            bad(
+                "spec.publicKey",
+                "WireGuard key",
+                &s.public_key,
+                e.to_string(),
+            )
+        })?;
+        let mut allowed_ips = Vec::with_capacity(s.allowed_ips.len());
+        for ip in &s.allowed_ips {
+            allowed_ips.push(
+                parse_cidr(ip)
+                    .map_err(|e| bad("spec.allowedIPs", "CIDR", ip, e))?
+                    .trunc(),
+            );
+        }
+        let endpoint = match &s.endpoint {
+            None => None,
+            Some(e) => {
+                let port = parse_port(&e.port.to_string()).map_err(|_| {
+                    bad(
+                        "spec.endpoint.port",
+                        "port",
+                        &e.port.to_string(),
+                        "must be 1 to 65535".into(),
+                    )
+                })?;
+                let dns = e
+                    .dns_or_ip
+                    .dns
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty());
+                let ip = e
+                    .dns_or_ip
+                    .ip
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty());
+                // Kilo prefers the name when both are given (kgctl writes both).
+                let host = match (dns, ip) {
+                    (Some(d), _) => Host::Dns(d.parse::<DnsName>().map_err(|err| {
+                        bad("spec.endpoint.dnsOrIP.dns", "DNS name", d, err.to_string())
+                    })?),
+                    (None, Some(i)) => Host::Ip(i.parse().map_err(|_| {
+                        bad(
+                            "spec.endpoint.dnsOrIP.ip",
+                            "IP address",
+                            i,
+                            "does not parse".into(),
+                        )
+                    })?),
+                    (None, None) => {
+                        return Err(bad(
+                            "spec.endpoint.dnsOrIP",
+                            "endpoint",
+                            "",
+                            "needs dns or ip".into(),
+                        ));
+                    }
+                };
+                Some(Endpoint::new(host, port))
+            }
+        };
+        let persistent_keepalive = match s.persistent_keepalive {
+            None => None,
+            Some(k) => Keepalive::parse_secs(&k.to_string()).map_err(|e| {
+                bad(
+                    "spec.persistentKeepalive",
+                    "persistent keepalive",
+                    &k.to_string(),
+                    e,
+                )
+            })?,
+        };
+        let preshared_key = match s
+            .preshared_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            None => None,
+            // The value is secret: never echoed in the error.
+            Some(k) => Some(k.parse::<Key>().map_err(|e| {
+                bad(
+                    "spec.presharedKey",
+                    "WireGuard key",
+                    "<redacted>",
+                    e.to_string(),
+                )
+            })?),
+        };
+        Ok(Peer {
+            name: o.name.clone(),
+            allowed_ips,
+            public_key,
+            endpoint,
+            persistent_keepalive,
+            preshared_key,
+        })
+    }
+
+    /// The raw object for this peer (what `weftctl showconf --as-peer` and
+    /// backends write).
+    pub fn to_object(&self) -> PeerObject {
+        PeerObject {
+            name: self.name.clone(),
+            spec: PeerSpec {
+                allowed_ips: self.allowed_ips.iter().map(ToString::to_string).collect(),
+                public_key: self.public_key.to_string(),
+                endpoint: self.endpoint.as_ref().map(|e| PeerEndpoint {
+                    dns_or_ip: match &e.host {
+                        Host::Ip(ip) => DnsOrIp {
+                            dns: None,
+                            ip: Some(ip.to_string()),
+                        },
+                        Host::Dns(d) => DnsOrIp {
+                            dns: Some(d.to_string()),
+                            ip: None,
+                        },
+                    },
+                    port: u32::from(e.port.get()),
+                }),
+                persistent_keepalive: self.persistent_keepalive.map(|k| i64::from(k.secs())),
+                preshared_key: self.preshared_key.map(|k| k.to_string()),
+            },
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Names, sizes, keys and values of the datapath maps.
+//!
+//! All maps are pinned by name under the loader's pin directory
+//! (`/sys/fs/bpf/weft/<NAME>`). Addresses are IPv4 in network byte order as
+//! `[u8; 4]` (`Ipv4Addr::octets()`).
+//!
+//! | map | type | key | value | written by |
+//! |---|---|---|---|---|
+//! | `WEFT_ROUTES` | LPM trie | `Key<[u8; 4]>` (prefix length, destination) | [`Route`] | agent (topology) |
+//! | `WEFT_PODS` | LRU hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft_pod_ingress` (learned) |
+//! | `WEFT_IPIP_PEERS` | hash | `[u8; 4]` node private IP | `u32` ([`IPIP_PEER`]) | agent |
+//! | `WEFT_COUNTERS` | per-CPU array | `u32` ([`crate::counters::Counter`]) | [`crate::counters::CounterValue`] | programs |
+
+/// Map name of the route LPM trie.
+pub const ROUTES: &str = "WEFT_ROUTES";
+/// Map name of the learned local pods.
+pub const PODS: &str = "WEFT_PODS";
+/// Map name of the IPIP peers (node private IPs of this location).
+pub const IPIP_PEERS: &str = "WEFT_IPIP_PEERS";
+/// Map name of the per-CPU counters.
+pub const COUNTERS: &str = "WEFT_COUNTERS";
+
+/// Capacity of `WEFT_ROUTES`.
+pub const ROUTES_MAX_ENTRIES: u32 = 16384;
+/// Capacity of `WEFT_PODS` (LRU: the least recently used entries go first).
+pub const PODS_MAX_ENTRIES: u32 = 16384;
+/// Capacity of `WEFT_IPIP_PEERS`.
+pub const IPIP_PEERS_MAX_ENTRIES: u32 = 4096;
+
+/// The value stored for every key of `WEFT_IPIP_PEERS`.
+pub const IPIP_PEER: u32 = 1;
+
+/// What to do with a packet whose destination matches a route.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteAction {
+    /// This node's pod CIDR: `ifindex` is the pod bridge.
+    Local = 1,
+    /// Another segment: `ifindex` is the WireGuard device.
+    WireGuard = 2,
+    /// A node of this location, routed directly: `ifindex` is the NIC, `nexthop` the node's private IP.
+    Node = 3,
+    /// A node of this location, IPIP-encapsulated: as `Node`, plus `src` = this node's private IP.
+    NodeIpip = 4,
+}
+
+impl RouteAction {
+    /// The action stored in [`Route::action`], if valid.
+    pub const fn from_u32(v: u32) -> Option<RouteAction> {
+        match v {
+            1 => Some(RouteAction::Local),
+            2 => Some(RouteAction::WireGuard),
+            3 => Some(RouteAction::Node),
+            4 => Some(RouteAction::NodeIpip),
+            _ => None,
+        }
+    }
+}
+
+/// Value of `WEFT_ROUTES`. Key: `Key<[u8; 4]>` = `{ prefix_len: u32, data: dst }`
+/// (`aya::maps::lpm_trie::Key::new(prefix_len, cidr.octets())`, see [`route_key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// [`RouteAction`] as `u32`; an unknown value is treated as no route.
+    pub action: u32,
+    /// Local: the pod bridge; WireGuard: the WireGuard device; Node*: the NIC.
+    pub ifindex: u32,
+    /// Node*: the node's private IP (next hop and IPIP outer destination).
+    pub nexthop: [u8; 4],
+    /// NodeIpip: the IPIP outer source, this node's private IP.
+    pub src: [u8; 4],
+}
+
+impl Route {
+    /// Route to this node's pod CIDR, delivered through the bridge `bridge_ifindex`.
+    pub const fn local(bridge_ifindex: u32) -> Route {
+        Route {
+            action: RouteAction::Local as u32,
+            ifindex: bridge_ifindex,
+            nexthop: [0; 4],
+            src: [0; 4],
+        }
+    }
+
+    /// Route into the WireGuard device `wg_ifindex`.
+    pub const fn wireguard(wg_ifindex: u32) -> Route {
+        Route {
+            action: RouteAction::WireGuard as u32,
+            ifindex: wg_ifindex,
+            nexthop: [0; 4],
+            src: [0; 4],
+        }
+    }
+
+    /// Route out of the NIC `nic_ifindex` to the node `nexthop`, unencapsulated.
+    pub const fn node(nic_ifindex: u32, nexthop: [u8; 4]) -> Route {
+        Route {
+            action: RouteAction::Node as u32,
+            ifindex: nic_ifindex,
+            nexthop,
+            src: [0; 4],
+        }
+    }
+
+    /// Route out of the NIC `nic_ifindex` to the node `nexthop`, IPIP from `src`.
+    pub const fn node_ipip(nic_ifindex: u32, nexthop: [u8; 4], src: [u8; 4]) -> Route {
+        Route {
+            action: RouteAction::NodeIpip as u32,
+            ifindex: nic_ifindex,
+            nexthop,
+            src,
+        }
+    }
+
+    /// The decoded action, `None` for an unknown value.
+    pub const fn kind(&self) -> Option<RouteAction> {
+        RouteAction::from_u32(self.action)
+    }
+}
+
+/// Value of `WEFT_PODS` (key: the pod's IPv4 address): where a local pod lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodEndpoint {
+    /// The host-side veth of the pod (target of `bpf_redirect_peer`).
+    pub ifindex: u32,
+    /// The pod's MAC address (its eth0, the other end of the veth).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl PodEndpoint {
+    pub const fn new(ifindex: u32, mac: [u8; 6]) -> PodEndpoint {
+        PodEndpoint {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 and byte arrays only, no implicit padding (16 bytes).
+unsafe impl aya::Pod for Route {}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), u32 and byte arrays only, explicit padding (12 bytes).
+unsafe impl aya::Pod for PodEndpoint {}
+
+/// The `WEFT_ROUTES` key for `prefix/prefix_len` (userspace side).
+#[cfg(feature = "user")]
+pub fn route_key(prefix: [u8; 4], prefix_len: u32) -> aya::maps::lpm_trie::Key<[u8; 4]> {
+    aya::maps::lpm_trie::Key::new(prefix_len, prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Route>(), 16);
+        assert_eq!(align_of::<Route>(), 4);
+        assert_eq!(size_of::<PodEndpoint>(), 12);
+        assert_eq!(align_of::<PodEndpoint>(), 4);
+    }
+
+    #[test]
+    fn route_constructors_round_trip() {
+        assert_eq!(Route::local(3).kind(), Some(RouteAction::Local));
+        assert_eq!(Route::wireguard(4).kind(), Some(RouteAction::WireGuard));
+        assert_eq!(
+            Route::node(5, [10, 0, 0, 2]).kind(),
+            Some(RouteAction::Node)
+        );
+        let r = Route::node_ipip(5, [10, 0, 0, 2], [10, 0, 0, 1]);
+        assert_eq!(r.kind(), Some(RouteAction::NodeIpip));
+        assert_eq!(
+            (r.ifindex, r.nexthop, r.src),
+            (5, [10, 0, 0, 2], [10, 0, 0, 1])
+        );
+        assert_eq!(Route::default().kind(), None);
+        assert_eq!(RouteAction::from_u32(5), None);
+        for a in [
+            RouteAction::Local,
+            RouteAction::WireGuard,
+            RouteAction::Node,
+            RouteAction::NodeIpip,
+        ] {
+            assert_eq!(RouteAction::from_u32(a as u32), Some(a));
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! `weft_wg_ingress`: tc ingress of the WireGuard device (an L3 TUN: packets
+//! start at the IP header, no Ethernet header).
+//!
+//! - Not IPv4: `TC_ACT_OK`.
+//! - IPv4: [`weft_common::route::decide`] with [`Hook::WireGuard`]. Anything
+//!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
+//!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
+//!   pod → `bpf_redirect_peer`, Local → the bridge, Node/NodeIpip → out of the
+//!   NIC, WireGuard and no route → the stack.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use weft_common::{
+    counters::Counter,
+    packet::{IPV4_HLEN, Ipv4Facts, ParseError},
+    route::{Action, Hook, PacketFacts, decide},
+};
+
+use crate::{
+    fwd::{PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
+    maps::{count, lookup_pod, lookup_route},
+};
+
+#[classifier]
+pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    count(Counter::WgIngressSeen, len);
+    let Some(p) = tc_ptr::<[u8; IPV4_HLEN]>(&ctx, 0) else {
+        count(Counter::Malformed, len);
+        return TC_ACT_OK;
+    };
+    // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
+    let ip = match Ipv4Facts::parse(unsafe { &*p }) {
+        Ok(ip) => ip,
+        Err(ParseError::NotIpv4) => {
+            count(Counter::PassNotIpv4, len);
+            return TC_ACT_OK;
+        }
+        Err(_) => {
+            count(Counter::Malformed, len);
+            return TC_ACT_OK;
+        }
+    };
+    let facts = PacketFacts {
+        ingress_ifindex: ingress_ifindex(&ctx),
+        dst_mac: [0; 6],
+        ttl: ip.ttl,
+        dst: ip.dst,
+    };
+    let d = decide(Hook::WireGuard, &facts, lookup_pod(ip.dst), lookup_route);
+    if d.action == Action::Pass {
+        count(d.counter, len);
+        return TC_ACT_OK;
+    }
+    if push_eth(&ctx).is_err() {
+        count(Counter::HeaderPushFailed, len);
+        debug!(
+            &ctx,
+            "weft: no room for an Ethernet header on a WireGuard packet to {:i}", ip.dst
+        );
+        return TC_ACT_SHOT;
+    }
+    execute(&ctx, &d, &ip, PSEUDO_MAC)
+}

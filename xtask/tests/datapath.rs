@@ -1,0 +1,211 @@
+//! The whole eBPF chain on a test-bed node: the agent loads the embedded
+//! object, attaches the pod-side program to the pod veths, pins maps and
+//! links under /sys/fs/bpf/weft; pings are counted; bpftool reads the pin;
+//! SIGTERM with clean-up leaves nothing; kill -9 leaves the datapath working
+//! and a new agent re-adopts it.
+
+mod common;
+
+use common::{bin_dir, wait_for};
+use std::time::Duration;
+use weft_common::counters::Counter;
+use xtask::mesh::{Mesh, MeshOptions};
+use xtask::testbed::{Cluster, ClusterSpec, LocationSpec, Node};
+
+fn one_node_cluster() -> Cluster {
+    let mut spec = ClusterSpec::new(vec![LocationSpec::new("lab", ["n1"])]);
+    spec.pods_per_node = 2;
+    Cluster::create(&spec).expect("test bed")
+}
+
+/// Little-endian integer from bpftool's hex bytes (`["0x01", "0x00", ...]`).
+fn le(bytes: &[serde_json::Value]) -> u64 {
+    bytes.iter().rev().fold(0, |acc, b| {
+        let h = b.as_str().expect("hex byte").trim_start_matches("0x");
+        (acc << 8) | u64::from_str_radix(h, 16).expect("hex")
+    })
+}
+
+/// A counter's packets summed over CPUs, read with bpftool from the pinned
+/// map inside the node (the map has no BTF, so bpftool prints hex bytes:
+/// key u32, value {packets: u64, bytes: u64}).
+fn counter(node: &Node, c: Counter) -> u64 {
+    let out = node
+        .cmd("bpftool")
+        .args([
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            "/sys/fs/bpf/weft/WEFT_COUNTERS",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let idx = c as u64;
+    let entry = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["key"].as_array().is_some_and(|k| le(k) == idx))
+        .unwrap_or_else(|| panic!("no counter {idx} in {v}"));
+    entry["values"]
+        .as_array()
+        .expect("per-CPU values")
+        .iter()
+        .map(|cpu| le(&cpu["value"].as_array().expect("value bytes")[..8]))
+        .sum()
+}
+
+fn links_pinned(node: &Node) -> Vec<String> {
+    let dir = node.bpffs_dir.join("weft/links");
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn pod_links(node: &Node) -> usize {
+    links_pinned(node)
+        .iter()
+        .filter(|l| l.starts_with("pod_ingress@"))
+        .count()
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
+    let cluster = one_node_cluster();
+    let node = &cluster.nodes[0];
+    let mut mesh = Mesh::new(&cluster, &bin_dir(), MeshOptions::default()).unwrap();
+    mesh.start("n1").unwrap();
+    wait_for(
+        "the programs attached to the pod veths, the NIC and WireGuard",
+        Duration::from_secs(60),
+        || {
+            mesh.check_running().unwrap();
+            (links_pinned(node).len() == 5).then_some(())
+        },
+    );
+    assert_eq!(
+        links_pinned(node),
+        [
+            "nic_ingress@eth0",
+            "nic_xdp@eth0",
+            "pod_ingress@vp0",
+            "pod_ingress@vp1",
+            "wg_ingress@weft0"
+        ]
+    );
+
+    let before = counter(node, Counter::PodIngressSeen);
+    let (p0, p1) = (&node.pods[0], &node.pods[1]);
+    p0.ping(p1.ip, 10).unwrap();
+    p0.ping(node.gateway, 5).unwrap();
+    let after = counter(node, Counter::PodIngressSeen);
+    // 10 requests enter vp0, 10 replies enter vp1, 5 requests to the gateway enter vp0.
+    assert!(
+        after - before >= 25,
+        "pod_ingress_seen grew by {} (from {before} to {after})",
+        after - before
+    );
+
+    // bpftool shows the pinned map by name.
+    let show = node
+        .sh("bpftool map show pinned /sys/fs/bpf/weft/WEFT_COUNTERS")
+        .unwrap();
+    assert!(
+        show.contains("WEFT_COUNTERS") && show.contains("percpu_array"),
+        "{show}"
+    );
+    // The agent exports the same counters.
+    let metrics = mesh.metrics("n1").unwrap();
+    assert!(
+        metrics.contains("weft_datapath_packets{counter=\"pod_ingress_seen\"}"),
+        "{metrics}"
+    );
+
+    // SIGTERM: the default --clean-up removes programs, links, pins, the device and routes.
+    mesh.agent("n1")
+        .stop(Duration::from_secs(20))
+        .expect("weft stops");
+    assert!(
+        !node.bpffs_dir.join("weft").exists(),
+        "pins left behind: {:?}",
+        links_pinned(node)
+    );
+    let log = mesh.agent("n1").read_log();
+    assert!(log.contains("clean-up complete"), "{log}");
+    let progs = node
+        .sh("bpftool prog show | grep -c weft_ || true")
+        .unwrap();
+    assert_eq!(progs.trim(), "0", "weft programs still loaded");
+    let links = node.sh("ip -o link show").unwrap();
+    assert!(!links.contains("weft0"), "{links}");
+    let routes = node.sh("ip route show proto 87").unwrap();
+    assert!(routes.trim().is_empty(), "{routes}");
+    // No process (wireguard-go included) is left in the node's namespace.
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &node.netns])
+        .output()
+        .unwrap();
+    assert!(pids.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&pids.stdout).trim(),
+        "",
+        "processes left in the node namespace"
+    );
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn pinned_datapath_survives_kill_9_and_is_readopted() {
+    let cluster = one_node_cluster();
+    let node = &cluster.nodes[0];
+    let mut mesh = Mesh::new(&cluster, &bin_dir(), MeshOptions::default()).unwrap();
+    mesh.start("n1").unwrap();
+    wait_for("links pinned", Duration::from_secs(60), || {
+        (pod_links(node) == 2).then_some(())
+    });
+    mesh.agent("n1")
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    mesh.agent("n1")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+
+    // Nobody runs the agent now: the pinned links keep counting.
+    let before = counter(node, Counter::PodIngressSeen);
+    node.pods[0].ping(node.pods[1].ip, 5).unwrap();
+    assert!(
+        counter(node, Counter::PodIngressSeen) - before >= 10,
+        "datapath stopped counting after kill -9"
+    );
+
+    // A new agent re-adopts the pinned links and maps (the counters carry on).
+    mesh.start("n1").unwrap();
+    wait_for("re-adoption logged", Duration::from_secs(60), || {
+        let log = mesh.agent("n1").read_log();
+        (log.matches("re-adopted pinned eBPF link").count() >= 2).then_some(())
+    });
+    let kept = counter(node, Counter::PodIngressSeen);
+    assert!(
+        kept >= before + 10,
+        "counters were reset by the restart: {kept} < {}",
+        before + 10
+    );
+    node.pods[1].ping(node.pods[0].ip, 5).unwrap();
+    assert!(counter(node, Counter::PodIngressSeen) >= kept + 10);
+    mesh.agent("n1").stop(Duration::from_secs(20)).unwrap();
+    assert!(!node.bpffs_dir.join("weft").exists());
+}
