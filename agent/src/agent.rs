@@ -103,6 +103,11 @@ pub struct Config {
     /// Where the CNI configuration goes.
     #[arg(long, default_value = "/etc/cni/net.d/10-weft.conflist")]
     pub cni_path: PathBuf,
+    /// Attach the XDP filter that drops IPIP from outside the location at the NIC driver. The
+    /// NIC's tc program drops it too; XDP does it earlier, but on veth NICs native XDP costs
+    /// GRO/TSO and so throughput.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub xdp: bool,
     /// A leader that has heard nothing from any other segment's leader over WireGuard for this
     /// long, while others hear each other, is passed over (use the same value on every node).
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
@@ -199,7 +204,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("opening WireGuard device {}", cfg.interface))?;
     info!(interface = %cfg.interface, implementation = ?wg.implementation(), adopted = wg.adopted(), "WireGuard device ready");
     let wg_ifindex = wg.ifindex().await?;
-    let datapath = Datapath::load(&cfg.bpf_pin_dir)?;
+    let datapath = Datapath::load(
+        &cfg.bpf_pin_dir,
+        cfg.log_level.contains("debug") || cfg.log_level.contains("trace"),
+    )?;
     let routes = Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT)
         .context("netlink socket")?;
 
@@ -222,6 +230,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (_watcher, mut changes) = watch_dir(&agent.cfg.dir)?;
     let mut restarts = agent.wg.restarts();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(agent.cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(hostname = %agent.hostname, dir = %agent.cfg.dir.display(), "weft started");
@@ -236,6 +245,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             Ok(()) = restarts.changed() => {
                 warn!("wireguard-go was restarted: re-applying routes and eBPF attachments");
+                true
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP: forced resync");
                 true
             }
             _ = term.recv() => break,
@@ -599,7 +612,8 @@ impl Agent {
         self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
         let nics: Vec<String> = nic.into_iter().collect();
         self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
-        self.datapath.reconcile_hook(Hook::NicXdp, &nics)?;
+        let xdp_nics = if self.cfg.xdp { nics.as_slice() } else { &[] };
+        self.datapath.reconcile_hook(Hook::NicXdp, xdp_nics)?;
         self.datapath
             .reconcile_hook(Hook::WgIngress, std::slice::from_ref(&self.cfg.interface))?;
 

@@ -124,12 +124,20 @@ pub fn check_bpffs(dir: &Path) -> Result<()> {
 
 impl Datapath {
     /// Loads the programs, reusing maps pinned by an earlier run under `pin_dir`.
-    pub fn load(pin_dir: &Path) -> Result<Self> {
+    /// The programs' aya-log lines are compiled in but silent unless `debug`;
+    /// with `debug` they are forwarded to the agent's log.
+    pub fn load(pin_dir: &Path, debug: bool) -> Result<Self> {
         check_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let level: u8 = if debug {
+            aya_log::Level::Debug as u8
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(aya_log::LEVEL, &level, false)
             .load(EBPF_OBJECT)
             .with_context(|| {
                 format!(
