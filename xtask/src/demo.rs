@@ -1,11 +1,13 @@
-//! `cargo xtask demo`: a cluster of namespace nodes on this machine running
-//! the weft agent, shown working.
+//! `cargo xtask demo`: a weft mesh of namespace nodes on this machine, shown
+//! working: two locations of two nodes, one node alone in a third, two pods
+//! per node, and a laptop joining as an external WireGuard peer.
 
 use anyhow::{Context, Result, ensure};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::mesh::{Mesh, MeshOptions, host_reaches};
 use crate::testbed::{Cluster, ClusterSpec, LocationSpec};
-use crate::util::{step, workspace_root};
+use crate::util::{output, step, workspace_root};
 
 pub fn run(keep: bool) -> Result<()> {
     crate::setup::ensure()?;
@@ -16,7 +18,6 @@ pub fn run(keep: bool) -> Result<()> {
             .current_dir(workspace_root())
             .args(["build", "-p", "weft", "--bins"]),
     )?;
-    let bin = crate::check::bin_dir();
     crate::testbed::sweep_stale()?;
 
     let mut spec = ClusterSpec::new(vec![
@@ -26,73 +27,108 @@ pub fn run(keep: bool) -> Result<()> {
     ]);
     spec.pods_per_node = 2;
     spec.external_peer = true;
+    // Room for WireGuard (80 bytes) as the CNI configuration gives real pods.
+    spec.pod_mtu = Some(1400);
     let cluster = Cluster::create(&spec)?;
+    let mut mesh = Mesh::new(&cluster, &crate::check::bin_dir(), MeshOptions::default())?;
+    step(format!("directory backend: {}", mesh.dir.display()));
 
     step("starting the weft agent on every node");
-    let mut agents = Vec::new();
+    mesh.start_all()?;
+    step("waiting for every pod to reach every other pod");
+    mesh.wait_full_connectivity(Duration::from_secs(120))?;
+
+    step("the laptop joins with the configuration `weftctl showconf peer laptop` prints");
+    let _wg = mesh.add_laptop()?;
+    // The agents pick up peers/laptop.yaml; the laptop then takes the leaders' config.
+    let conf = wait_conf(&mesh)?;
+    println!("{conf}");
     for node in &cluster.nodes {
-        let mut cmd = node.cmd(bin.join("weft"));
-        cmd.args([
-            "--hostname",
-            &node.name,
-            "--pod-bridge",
-            "cni0",
-            "--resync-period",
-            "2s",
-        ]);
-        agents.push((node, node.spawn_logged(&mut cmd, "weft")?));
-    }
-    let start = Instant::now();
-    for (node, agent) in &agents {
-        let links = node.bpffs_dir.join("weft/links");
-        loop {
-            ensure!(
-                agent.is_running(),
-                "weft on {} exited:\n{}",
-                node.name,
-                agent.read_log()
-            );
-            let n = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
-            if n >= node.pods.len() {
-                break;
-            }
+        let pod = &node.pods[0];
+        let laptop = cluster.laptop.as_ref().context("laptop")?;
+        let start = std::time::Instant::now();
+        while !host_reaches(laptop, pod.ip) {
             ensure!(
                 start.elapsed() < Duration::from_secs(60),
-                "weft on {} did not attach its datapath",
+                "the laptop cannot reach {} on {}",
+                pod.ip,
                 node.name
             );
-            std::thread::sleep(Duration::from_millis(200));
+            mesh.configure_laptop()?;
         }
         eprintln!(
-            "    {}: datapath attached to {} pod veths",
-            node.name,
-            node.pods.len()
+            "    laptop reaches {} ({}, {})",
+            pod.ip, node.name, node.location
         );
     }
-    step("pods talk on each node through the eBPF-attached veths");
-    for node in &cluster.nodes {
-        node.pods[0]
-            .ping(node.pods[1].ip, 3)
-            .with_context(|| format!("pods of {}", node.name))?;
-    }
-    let n = &cluster.nodes[0];
+
+    let svg = workspace_root().join("target/demo-mesh.svg");
+    let dot = mesh.weftctl(&["graph"])?;
+    let mut child = std::process::Command::new("dot")
+        .args(["-Tsvg", "-o"])
+        .arg(&svg)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running graphviz `dot`")?;
+    std::io::Write::write_all(child.stdin.as_mut().context("dot stdin")?, dot.as_bytes())?;
+    ensure!(child.wait()?.success(), "dot failed on:\n{dot}");
     step(format!(
-        "bpftool map dump pinned /sys/fs/bpf/weft/WEFT_COUNTERS on {}",
-        n.name
+        "mesh graph (weftctl graph | dot -Tsvg): {}",
+        svg.display()
     ));
-    let dump = n.sh("bpftool map dump pinned /sys/fs/bpf/weft/WEFT_COUNTERS | head -40")?;
-    println!("{dump}");
+
+    let leader = cluster.node("aws-1");
+    step(format!("wg show on {} (a leader)", leader.name));
+    println!("{}", output(leader.cmd("wg").args(["show", "weft0"]))?);
+    step(format!("weftctl bpf routes on {}", leader.name));
     println!(
-        "no mesh yet: the agent so far runs the eBPF datapath on each node; the WireGuard mesh comes next"
+        "{}",
+        output(
+            leader
+                .cmd(crate::check::bin_dir().join("weftctl"))
+                .args(["bpf", "routes"])
+        )?
     );
+    step(format!("weftctl bpf counters on {}", leader.name));
+    println!(
+        "{}",
+        output(
+            leader
+                .cmd(crate::check::bin_dir().join("weftctl"))
+                .args(["bpf", "counters"])
+        )?
+    );
+
     if keep {
-        step(format!("keeping test bed {} until Ctrl-C", cluster.prefix));
+        step(format!(
+            "keeping test bed {} until Ctrl-C (enter a node: nsenter --net=/run/netns/{})",
+            cluster.prefix, leader.netns
+        ));
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    for (_, agent) in &agents {
-        agent.stop(Duration::from_secs(20))?;
+    step("stopping the agents (they clean up after themselves)");
+    for node in &cluster.nodes {
+        mesh.agent(&node.name).stop(Duration::from_secs(20))?;
     }
-    cluster.teardown()
+    cluster.teardown()?;
+    step("demo done");
+    Ok(())
+}
+
+/// Waits until showconf lists the leaders of all three locations for the laptop.
+fn wait_conf(mesh: &Mesh) -> Result<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let conf = mesh.configure_laptop()?;
+        if conf.matches("[Peer]").count() >= 3 {
+            return Ok(conf);
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "showconf peer laptop lists fewer than 3 leaders:\n{conf}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

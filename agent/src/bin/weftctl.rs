@@ -14,12 +14,16 @@ use weft::model::{Encapsulate, Granularity, parse_subnet};
 #[command(
     name = "weftctl",
     version,
-    about = "Inspect a weft mesh: its graph and WireGuard configurations"
+    about = "Inspect a weft mesh: its graph, WireGuard configurations and eBPF maps"
 )]
 struct Cli {
-    /// The directory backend's root (holding nodes/, peers/, settings.yaml).
+    /// The directory backend's root (holding nodes/, peers/, settings.yaml); needed by graph and showconf.
     #[arg(long, env = "WEFT_DIR")]
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    /// Leaders whose WireGuard is unhealthy this long are passed over, as the agents do
+    /// (use the agents' --leader-health-timeout).
+    #[arg(long, default_value = "3m", value_parser = weft::agent::parse_duration)]
+    leader_health_timeout: std::time::Duration,
     /// Overrides settings.yaml: location or full.
     #[arg(long)]
     mesh_granularity: Option<Granularity>,
@@ -45,6 +49,32 @@ enum Command {
     Graph,
     /// Print the WireGuard configuration of a node or peer.
     Showconf(ShowconfArgs),
+    /// Print this node's pinned eBPF maps readably (run on the node, as root).
+    Bpf(BpfArgs),
+}
+
+#[derive(Args)]
+struct BpfArgs {
+    /// What to print.
+    #[arg(value_enum)]
+    what: BpfWhat,
+    /// The agent's --bpf-pin-dir.
+    #[arg(long, default_value = weft::datapath::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BpfWhat {
+    /// The route LPM trie: destination → local, wireguard, node, node-ipip.
+    Routes,
+    /// Per-action and per-reason packet and byte counters.
+    Counters,
+    /// The local pods the datapath learned (IP → host veth, MAC).
+    Pods,
+    /// The sources IPIP is accepted from (this location's nodes).
+    IpipPeers,
+    /// The pinned program attachments.
+    Links,
 }
 
 #[derive(Args)]
@@ -82,6 +112,20 @@ fn now() -> i64 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<String> {
+    use weft::ctl::bpf;
+    if let Command::Bpf(b) = &cli.command {
+        return match b.what {
+            BpfWhat::Routes => bpf::routes(&b.pin_dir),
+            BpfWhat::Counters => bpf::counters(&b.pin_dir),
+            BpfWhat::Pods => bpf::pods(&b.pin_dir),
+            BpfWhat::IpipPeers => bpf::ipip_peers(&b.pin_dir),
+            BpfWhat::Links => bpf::links(&b.pin_dir),
+        };
+    }
+    let dir = cli
+        .dir
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--dir (or WEFT_DIR) is needed for graph and showconf"))?;
     let overrides = Overrides {
         granularity: cli.mesh_granularity,
         subnet: cli.subnet,
@@ -89,12 +133,13 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         topology_label: cli.topology_label,
         encapsulate: cli.encapsulate,
     };
-    let loaded = ctl::load(&cli.dir, &overrides, now())?;
+    let loaded = ctl::load(&dir, &overrides, now(), cli.leader_health_timeout)?;
     for s in &loaded.skipped {
         eprintln!("weftctl: warning: {s}");
     }
     Ok(match cli.command {
         Command::Graph => ctl::graph::dot(&loaded.mesh),
+        Command::Bpf(_) => unreachable!("handled above"),
         Command::Showconf(args) => {
             if !args.allowed_ips.is_empty() && !args.as_peer {
                 anyhow::bail!("--allowed-ips is only valid with --as-peer");

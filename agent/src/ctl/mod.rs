@@ -3,6 +3,7 @@
 //! [`showconf`] (WireGuard configurations for nodes and peers, as Kilo's
 //! `kgctl showconf`).
 
+pub mod bpf;
 pub mod graph;
 pub mod showconf;
 #[cfg(test)]
@@ -58,7 +59,14 @@ pub struct Loaded {
 }
 
 /// Loads a directory and builds its mesh as of `now` (unix seconds).
-pub fn load(dir: &Path, overrides: &Overrides, now: i64) -> anyhow::Result<Loaded> {
+/// Leaders are elected as the agents elect them: with the nodes whose
+/// WireGuard health is stale for `leader_health_timeout` passed over.
+pub fn load(
+    dir: &Path,
+    overrides: &Overrides,
+    now: i64,
+    leader_health_timeout: std::time::Duration,
+) -> anyhow::Result<Loaded> {
     let snap = DirBackend::new(dir).load()?;
     let settings = match &snap.settings {
         Some(f) => f.parse().map_err(|e| {
@@ -85,7 +93,8 @@ pub fn load(dir: &Path, overrides: &Overrides, now: i64) -> anyhow::Result<Loade
         }
     }
     let (peers, peer_errors) = parse_peers(&snap.peers);
-    let mesh = Mesh::build(&nodes, &peers, &settings, now, &BTreeSet::new())?;
+    let demoted = crate::health::demoted(&nodes, now, leader_health_timeout.as_secs() as i64);
+    let mesh = Mesh::build(&nodes, &peers, &settings, now, &demoted)?;
     let mut skipped: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
     skipped.extend(
         node_errors

@@ -11,6 +11,7 @@ use crate::topology::{PeerOrigin, SegmentId, WgConf, WgPeer};
 const K1: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
 const K2: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
 const NOW: i64 = 1_700_000_000;
+const HEALTH: std::time::Duration = std::time::Duration::from_secs(180);
 
 fn conf() -> WgConf {
     WgConf {
@@ -243,7 +244,7 @@ fn load_applies_settings_then_overrides_and_reports_what_it_skips() {
         "topologyLabel: zone\nport: 51999\n",
     )
     .unwrap();
-    let loaded = load(root, &Overrides::default(), NOW).unwrap();
+    let loaded = load(root, &Overrides::default(), NOW, HEALTH).unwrap();
     assert_eq!(loaded.mesh.settings.port.get(), 51999);
     assert_eq!(
         loaded.mesh.segments.len(),
@@ -262,7 +263,7 @@ fn load_applies_settings_then_overrides_and_reports_what_it_skips() {
         port: std::num::NonZeroU16::new(1),
         ..Overrides::default()
     };
-    let loaded = load(root, &o, NOW).unwrap();
+    let loaded = load(root, &o, NOW, HEALTH).unwrap();
     assert_eq!(loaded.mesh.settings.port.get(), 1);
     assert_eq!(loaded.mesh.segments.len(), 1, "both in location \"\"");
     // The agents' published granularity is used when none is configured...
@@ -272,7 +273,7 @@ fn load_applies_settings_then_overrides_and_reports_what_it_skips() {
         fs::write(&path, format!("{text}  weft.dev/granularity: full\n")).unwrap();
     }
     fs::write(root.join("settings.yaml"), "topologyLabel: none\n").unwrap();
-    let m = load(root, &Overrides::default(), NOW).unwrap().mesh;
+    let m = load(root, &Overrides::default(), NOW, HEALTH).unwrap().mesh;
     assert_eq!(
         (m.settings.granularity, m.segments.len()),
         (Granularity::Full, 2)
@@ -282,18 +283,18 @@ fn load_applies_settings_then_overrides_and_reports_what_it_skips() {
         granularity: Some(Granularity::Location),
         ..Overrides::default()
     };
-    assert_eq!(load(root, &o, NOW).unwrap().mesh.segments.len(), 1);
+    assert_eq!(load(root, &o, NOW, HEALTH).unwrap().mesh.segments.len(), 1);
     // Stale by now.
     assert!(
-        load(root, &Overrides::default(), NOW + 3600)
+        load(root, &Overrides::default(), NOW + 3600, HEALTH)
             .unwrap()
             .mesh
             .segments
             .is_empty()
     );
-    assert!(load(&root.join("missing"), &Overrides::default(), NOW).is_err());
+    assert!(load(&root.join("missing"), &Overrides::default(), NOW, HEALTH).is_err());
     fs::write(root.join("settings.yaml"), "port: 0\n").unwrap();
-    let e = load(root, &Overrides::default(), NOW)
+    let e = load(root, &Overrides::default(), NOW, HEALTH)
         .unwrap_err()
         .to_string();
     assert!(e.contains("settings.yaml") && e.contains("port"), "{e}");
