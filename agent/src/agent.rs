@@ -438,11 +438,19 @@ impl Agent {
             weft(a::INTERNAL_IP),
             found.internal.map(|n| n.to_string()).unwrap_or_default(),
         );
-        if let Some(t) = &self.last
-            && let Some(ip) = t.wireguard_ip
-        {
+        let segment_ip = self.last.as_ref().and_then(|t| {
+            t.segments
+                .iter()
+                .find(|s| s.id == t.segment)
+                .map(|s| s.wireguard_ip)
+        });
+        if let Some(ip) = segment_ip {
             // Published by every node of the segment, so that a new leader keeps the address.
-            want.insert(weft(a::WIREGUARD_IP), ip.to_string());
+            // With the subnet's prefix, as Kilo writes it.
+            want.insert(
+                weft(a::WIREGUARD_IP),
+                format!("{ip}/{}", settings.subnet.prefix_len()),
+            );
         } else if let Some(v) = own.annotations.get(&weft(a::WIREGUARD_IP)) {
             want.insert(weft(a::WIREGUARD_IP), v.clone());
         }
@@ -618,7 +626,13 @@ impl Agent {
             .reconcile_hook(Hook::WgIngress, std::slice::from_ref(&self.cfg.interface))?;
 
         if self.cfg.cni {
-            let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, mtu);
+            // Pods leave room for IPIP when the location may encapsulate.
+            let pod_mtu = if topo.encapsulate == Encapsulate::Never {
+                mtu
+            } else {
+                mtu - 20
+            };
+            let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, pod_mtu);
             if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
                 info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
             }

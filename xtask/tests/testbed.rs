@@ -551,6 +551,26 @@ fn interrupted_hold_cleans_up(sig: Signal) {
     );
     assert_eq!(netns_with_prefix(&prefix).len(), 8);
     assert_eq!(mounts_under(&prefix_dir(&prefix)).len(), 2);
+    if std::env::var_os("WEFT_BIN_DIR").is_some() {
+        // Under `cargo xtask test` the hold runs weft on both nodes: agents,
+        // their wireguard-go, WireGuard devices and pinned eBPF links.
+        let agents = procs
+            .iter()
+            .filter(|(_, c)| c.contains("weft --dir"))
+            .count();
+        let wg = procs
+            .iter()
+            .filter(|(_, c)| c.starts_with("wireguard-go"))
+            .count();
+        assert_eq!(
+            (agents, wg),
+            (2, 2),
+            "weft agents and wireguard-go in the hold: {procs:?}"
+        );
+        let links = prefix_dir(&prefix).join("nodes/h1/bpffs/weft/links");
+        let pinned = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+        assert!(pinned >= 3, "pinned links in {}: {pinned}", links.display());
+    }
 
     hold.signal(sig);
     let status = hold.wait_exit(Duration::from_secs(120));

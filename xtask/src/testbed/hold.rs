@@ -1,6 +1,8 @@
 //! `cargo xtask testbed-hold` (hidden): the test bed's interrupt self-test.
-//! Builds a small cluster with processes in it, prints `READY <prefix>` and
-//! waits until a signal tears everything down.
+//! Builds a small cluster with processes in it — and, when `WEFT_BIN_DIR`
+//! holds the built agent, weft agents with their WireGuard devices,
+//! wireguard-go and pinned eBPF programs — prints `READY <prefix>` and waits
+//! until a signal tears everything down.
 
 use anyhow::Result;
 use std::io::Write;
@@ -26,6 +28,26 @@ pub fn hold() -> Result<()> {
         laptop.spawn(laptop.cmd("sleep").arg("1000"))?;
     }
     let _untracked = node.pods[0].cmd("sleep").arg("1000").spawn()?;
+    let bin = std::env::var_os("WEFT_BIN_DIR").map(std::path::PathBuf::from);
+    let _mesh = match bin.filter(|b| b.join("weft").is_file()) {
+        Some(bin) => {
+            let mut mesh = crate::mesh::Mesh::new(&cluster, &bin, Default::default())?;
+            mesh.start_all()?;
+            // READY only once the datapath is pinned, so the interrupt hits a live mesh.
+            let links = node.bpffs_dir.join("weft/links");
+            crate::mesh::wait(
+                std::time::Duration::from_secs(120),
+                "weft's pinned links",
+                || {
+                    std::fs::read_dir(&links)
+                        .map(|d| d.count() >= 3)
+                        .unwrap_or(false)
+                },
+            )?;
+            Some(mesh)
+        }
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY {}", cluster.prefix)?;
     out.flush()?;
