@@ -195,7 +195,8 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn table_of(m: &RouteMessage) -> u32 {
+/// The routing table of a dumped route (the attribute wins over the 8-bit header field).
+pub(crate) fn table_of(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| match a {

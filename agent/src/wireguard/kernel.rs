@@ -131,16 +131,7 @@ fn merge_peer(peers: &mut Vec<PeerState>, p: WireguardPeer) {
         return;
     };
     if peers.last().is_none_or(|last| last.public_key != key) {
-        peers.push(PeerState {
-            public_key: key,
-            endpoint: None,
-            allowed_ips: Vec::new(),
-            persistent_keepalive: None,
-            preshared_key: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            last_handshake: None,
-        });
+        peers.push(PeerState::new(key));
     }
     let peer = peers.last_mut().expect("just pushed");
     for a in p.0 {

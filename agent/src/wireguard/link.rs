@@ -198,16 +198,6 @@ fn route_oif(m: &RouteMessage) -> Option<u32> {
     })
 }
 
-fn route_table(m: &RouteMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(m.header.table as u32)
-}
-
 fn route_priority(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
@@ -229,7 +219,9 @@ pub async fn auto_mtu(h: &Handle) -> Result<u32, AutoMtuError> {
     ] {
         let routes: Vec<RouteMessage> = h.route().get(msg).execute().try_collect().await?;
         for r in &routes {
-            if r.header.destination_prefix_length != 0 || route_table(r) != 254 {
+            if r.header.destination_prefix_length != 0
+                || crate::routes::table_of(r) != crate::routes::MAIN_TABLE
+            {
                 continue;
             }
             if let Some(oif) = route_oif(r) {

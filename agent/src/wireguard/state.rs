@@ -37,6 +37,22 @@ pub struct PeerState {
     pub last_handshake: Option<SystemTime>,
 }
 
+impl PeerState {
+    /// A peer as first listed by the device, before its other fields are read.
+    pub fn new(public_key: Key) -> PeerState {
+        PeerState {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+            preshared_key: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            last_handshake: None,
+        }
+    }
+}
+
 /// The whole device as read from WireGuard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceState {

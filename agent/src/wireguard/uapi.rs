@@ -181,16 +181,7 @@ pub(crate) fn parse_get(lines: &[String]) -> Result<DeviceState, String> {
             ("public_key", _) => {
                 finish(peer.take(), hs_sec, hs_nsec, &mut dev);
                 (hs_sec, hs_nsec) = (0, 0);
-                peer = Some(PeerState {
-                    public_key: Key::from_hex(v).map_err(|_| bad())?,
-                    endpoint: None,
-                    allowed_ips: Vec::new(),
-                    persistent_keepalive: None,
-                    preshared_key: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    last_handshake: None,
-                });
+                peer = Some(PeerState::new(Key::from_hex(v).map_err(|_| bad())?));
             }
             ("preshared_key", Some(p)) => {
                 let key = Key::from_hex(v).map_err(|_| "preshared_key=<invalid>".to_owned())?;
