@@ -27,8 +27,14 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
-    /// Benchmarks: topology computation (and the datapath, against Kilo's iptables baseline).
-    Bench,
+    /// Benchmarks: topology computation and the datapath, against Kilo's iptables baseline.
+    Bench(xtask::bench::BenchArgs),
+    /// Datapath bench: the request/response server (run inside a pod).
+    #[command(hide = true)]
+    BenchServer(xtask::bench::rr::ServerArgs),
+    /// Datapath bench: the request/response client (run inside a pod).
+    #[command(hide = true)]
+    BenchClient(xtask::bench::rr::ClientArgs),
     /// Test-bed self-test: build a small cluster, print `READY <prefix>`, wait for a signal.
     #[command(hide = true)]
     TestbedHold,
@@ -44,7 +50,9 @@ fn main() -> Result<()> {
         }
         Cmd::Test { filter } => xtask::check::test(filter.as_deref()),
         Cmd::Demo { keep } => xtask::demo::run(keep),
-        Cmd::Bench => xtask::bench::run_all(),
+        Cmd::Bench(args) => xtask::bench::run_all(&args),
+        Cmd::BenchServer(args) => xtask::bench::server(&args),
+        Cmd::BenchClient(args) => xtask::bench::client(&args),
         Cmd::TestbedHold => xtask::testbed::hold(),
     }
 }
