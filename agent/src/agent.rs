@@ -103,11 +103,12 @@ pub struct Config {
     /// Where the CNI configuration goes.
     #[arg(long, default_value = "/etc/cni/net.d/10-weft.conflist")]
     pub cni_path: PathBuf,
-    /// Attach the XDP filter that drops IPIP from outside the location at the NIC driver. The
-    /// NIC's tc program drops it too; XDP does it earlier, but on veth NICs native XDP costs
-    /// GRO/TSO and so throughput.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub xdp: bool,
+    /// The XDP filter that drops IPIP from outside the location at the NIC driver: `true`,
+    /// `false`, or `auto` = physical NICs only. On a veth, native XDP turns off GSO on its peer
+    /// and costs ~70% of TCP throughput (`cargo xtask bench`), while the NIC's tc program drops
+    /// the same packets anyway.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "true", "false"])]
+    pub xdp: String,
     /// A leader that has heard nothing from any other segment's leader over WireGuard for this
     /// long, while others hear each other, is passed over (use the same value on every node).
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
@@ -459,21 +460,47 @@ impl Agent {
             settings.granularity.as_str().to_string(),
         );
         want.insert(weft(a::DISCOVERED_ENDPOINTS), self.discovered.clone());
+        let mut withdraw_alive = false;
         if let Some(alive) = self.health.alive {
             want.insert(weft(a::WIREGUARD_ALIVE), alive.to_string());
         } else if let Some(v) = own.annotations.get(&weft(a::WIREGUARD_ALIVE)) {
-            // Not a leader: keep what we last published (a demotion sticks).
-            want.insert(weft(a::WIREGUARD_ALIVE), v.clone());
+            if self.last.is_none() || self.demoted.contains(&self.hostname) {
+                // Passed over (or not known yet, just started): keep what we
+                // last published, so that the demotion sticks.
+                want.insert(weft(a::WIREGUARD_ALIVE), v.clone());
+            } else {
+                // No longer leader for another reason (e.g. it led only until
+                // the preferred leader came up): a value left to go stale
+                // would get this healthy node passed over later.
+                withdraw_alive = true;
+            }
         }
-        let changed = want.iter().any(|(k, v)| own.annotations.get(k) != Some(v));
+        let changed = withdraw_alive || want.iter().any(|(k, v)| own.annotations.get(k) != Some(v));
         let no_last_seen = !own.annotations.contains_key(&weft(a::LAST_SEEN));
         if changed || full || no_last_seen {
+            // Write into the file as it is now, not as the snapshot saw it:
+            // a user's edit made since must not be undone, and a node whose
+            // file was removed must not be brought back.
+            own = match self.backend.read_node(&self.hostname) {
+                Ok(Some(current)) => current,
+                Ok(None) => bail!(
+                    "{} was removed: this node is no longer part of the mesh",
+                    self.backend.node_path(&self.hostname).display()
+                ),
+                Err(e) => return Err(e).context("re-reading this node's file"),
+            };
             for (k, v) in &want {
                 if own.annotations.get(k) != Some(v) && k != &weft(a::DISCOVERED_ENDPOINTS) {
                     info!(annotation = %k, value = %v, "publishing");
                 }
             }
             own.annotations.extend(want);
+            if withdraw_alive && own.annotations.remove(&weft(a::WIREGUARD_ALIVE)).is_some() {
+                info!(
+                    annotation = %weft(a::WIREGUARD_ALIVE),
+                    "withdrawing: no longer leader, and not passed over"
+                );
+            }
             own.annotations.insert(weft(a::LAST_SEEN), now.to_string());
             self.backend
                 .write_node(&own)
@@ -600,6 +627,17 @@ impl Agent {
             };
             want.insert(maps::route_key(&dst), route);
         }
+        // Pods answer what nodes originate without kernel forwarding.
+        let other_wireguard_ips: Vec<Ipv4Addr> = topo
+            .segments
+            .iter()
+            .filter(|s| topo.leader && s.id != topo.segment)
+            .filter_map(|s| match s.wireguard_ip {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        maps::add_host_routes(&mut want, &other_wireguard_ips, wg_ifindex);
         let w = maps::sync_routes(self.datapath.map_mut(weft_common::maps::ROUTES)?, &want)?;
         m.map_writes(weft_common::maps::ROUTES, w.total());
         let ipip: Vec<Ipv4Addr> = topo
@@ -620,7 +658,18 @@ impl Agent {
         self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
         let nics: Vec<String> = nic.into_iter().collect();
         self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
-        let xdp_nics = if self.cfg.xdp { nics.as_slice() } else { &[] };
+        let xdp = match self.cfg.xdp.as_str() {
+            "true" => true,
+            "false" => false,
+            // A physical NIC has a device behind it; veth, bridges and tunnels do not.
+            _ => nics.iter().all(|n| {
+                std::path::Path::new("/sys/class/net")
+                    .join(n)
+                    .join("device")
+                    .exists()
+            }),
+        };
+        let xdp_nics = if xdp { nics.as_slice() } else { &[] };
         self.datapath.reconcile_hook(Hook::NicXdp, xdp_nics)?;
         self.datapath
             .reconcile_hook(Hook::WgIngress, std::slice::from_ref(&self.cfg.interface))?;
@@ -726,8 +775,12 @@ impl Agent {
                 self.health.alive = Some(alive);
             }
         }
+        // Only endpoints WireGuard heard from (as Kilo): the configured endpoint of a
+        // peer never reached is no discovery, and publishing it would pin a stale
+        // endpoint over the node's new one once it has a keepalive.
         let discovered: BTreeMap<PublicKey, SocketAddr> = stats
             .iter()
+            .filter(|s| s.last_handshake.is_some())
             .filter_map(|s| s.endpoint.map(|e| (public_key(&s.public_key), e)))
             .collect();
         self.discovered = crate::model::format_discovered_endpoints(&discovered);

@@ -52,6 +52,39 @@ pub fn route_key(net: &Ipv4Net) -> RouteKey {
     (u32::from(net.prefix_len()), net.network().octets())
 }
 
+/// Adds the host (/32) entries that pods' answers to traffic the nodes
+/// themselves originate need, where the kernel has only a connected route
+/// (which the datapath cannot see, and following which would take kernel
+/// forwarding):
+///
+/// - every node this one routes pods to directly (the next hop of a node
+///   route: a node of this location) is reached the way its pods are, so a
+///   pod answers that node's private IP, and a leader hands it the answers
+///   from other locations;
+/// - on a leader, `wireguard_ips` (the other segments' WireGuard IPs, the
+///   source of what their leaders originate) go into WireGuard (`wg_ifindex`).
+///
+/// Entries the topology already has win.
+pub fn add_host_routes(
+    want: &mut BTreeMap<RouteKey, Route>,
+    wireguard_ips: &[std::net::Ipv4Addr],
+    wg_ifindex: u32,
+) {
+    use weft_common::maps::RouteAction;
+    let via_nodes: Vec<Route> = want
+        .values()
+        .filter(|r| matches!(r.kind(), Some(RouteAction::Node | RouteAction::NodeIpip)))
+        .copied()
+        .collect();
+    for r in via_nodes {
+        want.entry((32, r.nexthop)).or_insert(r);
+    }
+    for ip in wireguard_ips {
+        want.entry((32, ip.octets()))
+            .or_insert(Route::wireguard(wg_ifindex));
+    }
+}
+
 /// Makes `WEFT_ROUTES` hold exactly `desired`.
 pub fn sync_routes(map: &mut Map, desired: &BTreeMap<RouteKey, Route>) -> Result<Writes> {
     let mut trie: LpmTrie<&mut MapData, [u8; 4], Route> = LpmTrie::try_from(map)?;
@@ -121,6 +154,40 @@ mod tests {
         assert_eq!(rm, vec![3]);
         let (up, rm) = diff(&want, &want);
         assert!(up.is_empty() && rm.is_empty());
+    }
+
+    #[test]
+    fn host_routes_for_answers_to_nodes() {
+        let (nic, wg) = (2, 7);
+        let mut want: BTreeMap<RouteKey, Route> = [
+            ((24, [10, 42, 0, 0]), Route::local(3)),
+            (
+                (24, [10, 42, 1, 0]),
+                Route::node_ipip(nic, [192, 168, 1, 11], [192, 168, 1, 10]),
+            ),
+            ((24, [10, 42, 5, 0]), Route::node(nic, [192, 168, 1, 12])),
+            ((24, [10, 42, 2, 0]), Route::wireguard(wg)),
+            // The topology's own entry for a next hop wins.
+            ((32, [192, 168, 1, 12]), Route::wireguard(wg)),
+        ]
+        .into();
+        let before = want.clone();
+        add_host_routes(&mut want, &[[10, 4, 0, 9].into()], wg);
+        let added: Vec<_> = want
+            .iter()
+            .filter(|(k, _)| !before.contains_key(*k))
+            .collect();
+        assert_eq!(
+            added,
+            vec![
+                (&(32, [10, 4, 0, 9]), &Route::wireguard(wg)),
+                (
+                    &(32, [192, 168, 1, 11]),
+                    &Route::node_ipip(nic, [192, 168, 1, 11], [192, 168, 1, 10])
+                ),
+            ]
+        );
+        assert_eq!(want[&(32, [192, 168, 1, 12])], Route::wireguard(wg));
     }
 
     #[test]
