@@ -30,7 +30,9 @@ impl Default for MeshOptions {
     fn default() -> Self {
         MeshOptions {
             settings: Vec::new(),
-            agent_flags: Vec::new(),
+            // The test bed's veth NICs stand in for physical ones: keep the
+            // XDP filter on (`--xdp auto` leaves it off on veth).
+            agent_flags: vec!["--xdp".into(), "true".into()],
             resync: "2s".into(),
             leader_health_timeout: "15s".into(),
         }
@@ -163,6 +165,7 @@ impl<'a> Mesh<'a> {
             Command::new(self.bin.join("weftctl"))
                 .arg("--dir")
                 .arg(&self.dir)
+                .args(["--leader-health-timeout", &self.opts.leader_health_timeout])
                 .args(args),
         )
     }
@@ -254,8 +257,22 @@ impl<'a> Mesh<'a> {
     pub fn configure_laptop(&self) -> Result<String> {
         let laptop = self.cluster.laptop.as_ref().context("no laptop")?;
         let conf = self.weftctl(&["showconf", "peer", "laptop", "-o", "wireguard"])?;
-        let file = laptop.dir.clone().context("laptop dir")?.join("wg0.conf");
-        std::fs::write(&file, &conf)?;
+        let dir = laptop.dir.clone().context("laptop dir")?;
+        // `wg setconf`/`syncconf` replace the whole device: a file without
+        // a private key clears it (Kilo's guide sets it again afterwards).
+        // The laptop adds its own key, and a fixed port so that a re-sync
+        // changes nothing, to the peers showconf printed.
+        let key = std::fs::read_to_string(dir.join("private.key"))?;
+        let own = format!("PrivateKey = {}\nListenPort = 51820\n", key.trim());
+        let full = match conf.find("[Interface]\n") {
+            Some(i) => {
+                let at = i + "[Interface]\n".len();
+                format!("{}{own}{}", &conf[..at], &conf[at..])
+            }
+            None => format!("[Interface]\n{own}\n{conf}"),
+        };
+        let file = dir.join("wg0.conf");
+        std::fs::write(&file, &full)?;
         laptop.sh(&format!("wg syncconf wg0 {}", file.display()))?;
         for line in conf.lines() {
             if let Some(ips) = line.strip_prefix("AllowedIPs = ") {
@@ -333,4 +350,273 @@ pub fn host_reaches(host: &Host, ip: Ipv4Addr) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Changes to a mesh while it runs: node files edited, added and removed,
+/// agents killed and forgotten, connectivity among some pods.
+impl Mesh<'_> {
+    /// Writes `nodes/<name>.yaml` atomically (a temporary dot-file, then a
+    /// rename), so that no agent ever reads half of it.
+    pub fn write_node_file(&self, name: &str, yaml: &str) -> Result<()> {
+        let path = self.node_file(name);
+        let tmp = self
+            .dir
+            .join("nodes")
+            .join(format!(".{name}.yaml.test.tmp"));
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// Removes `nodes/<name>.yaml`.
+    pub fn remove_node_file(&self, name: &str) -> Result<()> {
+        let path = self.node_file(name);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    /// Sets (`Some`) or removes (`None`) annotations in `name`'s node file,
+    /// keeping everything else (the agent's own annotations included). If
+    /// `name`'s agent runs, waits until it has rewritten its file at least
+    /// once with the change in (an agent that read the file just before the
+    /// edit may write its older copy back: the edit is then made again).
+    pub fn set_annotations(&self, name: &str, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        let path = self.node_file(name);
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let before = annotation_value(&text, "weft.dev/last-seen");
+            self.write_node_file(name, &edit_annotations(&text, changes))?;
+            let Some(agent) = self.agents.get(name).filter(|d| d.is_running()) else {
+                return Ok(());
+            };
+            // Wait for the agent's next write (a new last-seen), then check.
+            let rewritten = Instant::now();
+            loop {
+                let now = std::fs::read_to_string(&path).unwrap_or_default();
+                let seen = annotation_value(&now, "weft.dev/last-seen");
+                if seen.is_some() && seen != before {
+                    if changes
+                        .iter()
+                        .all(|(k, v)| annotation_value(&now, k).as_deref() == *v)
+                    {
+                        return Ok(());
+                    }
+                    break;
+                }
+                ensure!(
+                    agent.is_running(),
+                    "weft on {name} exited:\n{}",
+                    tail(&agent.read_log(), 40)
+                );
+                ensure!(
+                    rewritten.elapsed() < Duration::from_secs(60),
+                    "weft on {name} did not rewrite its node file within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "the edit of {} does not stick",
+                path.display()
+            );
+            eprintln!("    {name}'s agent wrote an older copy of its file back: editing again");
+        }
+    }
+
+    /// `name`'s agent, if it was started and not forgotten.
+    pub fn try_agent(&self, name: &str) -> Option<&Daemon> {
+        self.agents.get(name)
+    }
+
+    /// Whether `name`'s agent was started and still runs.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.agents.get(name).is_some_and(|d| d.is_running())
+    }
+
+    /// Kills `name`'s agent with SIGKILL (no clean-up: WireGuard, routes
+    /// and the pinned datapath stay) and waits for it to exit.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let d = self.agent(name);
+        d.signal(nix::sys::signal::Signal::SIGKILL)?;
+        d.wait_timeout(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// Stops watching `name`'s agent (after it was killed or stopped on
+    /// purpose), so that [`Mesh::check_running`] no longer fails for it.
+    pub fn forget(&mut self, name: &str) -> Option<Daemon> {
+        self.agents.remove(name)
+    }
+
+    /// The pids of the processes called `comm` (e.g. `wireguard-go`) in
+    /// `name`'s network namespace.
+    pub fn pids_named(&self, name: &str, comm: &str) -> Result<Vec<u32>> {
+        let node = self.cluster.node(name);
+        let out = crate::util::output(Command::new("ip").args(["netns", "pids", &node.netns]))?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect())
+    }
+
+    /// A metric of `name`'s agent: the value of the first sample whose line
+    /// starts with `series` (e.g. `weft_is_leader ` or
+    /// `weft_errors_total{kind="node"}`), `None` when absent or unreachable.
+    pub fn metric(&self, name: &str, series: &str) -> Option<f64> {
+        let text = self.metrics(name).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l[series.len()..].split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits until each of `pods` reaches every other one, showing progress.
+    pub fn wait_connectivity(&self, pods: &[&Pod], timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let total = pods.len() * pods.len().saturating_sub(1);
+        let mut last = usize::MAX;
+        loop {
+            self.check_running()?;
+            let missing = unreachable_pairs_parallel(pods);
+            if missing.is_empty() {
+                eprintln!(
+                    "    all {total} pod pairs connected after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(start.elapsed());
+            }
+            if missing.len() != last {
+                let sample: Vec<String> = missing
+                    .iter()
+                    .take(4)
+                    .map(|(a, b)| format!("{a} -> {b}"))
+                    .collect();
+                eprintln!(
+                    "    {} of {total} pod pairs still unreachable ({:.1} s), e.g. {}",
+                    missing.len(),
+                    start.elapsed().as_secs_f64(),
+                    sample.join(", ")
+                );
+                last = missing.len();
+            }
+            if start.elapsed() > timeout {
+                let sample: Vec<String> = missing
+                    .iter()
+                    .take(8)
+                    .map(|(a, b)| format!("{a} -> {b}"))
+                    .collect();
+                bail!(
+                    "no full connectivity after {timeout:?}: {} pairs fail, e.g. {}",
+                    missing.len(),
+                    sample.join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Like [`unreachable_pairs`], every pair pinged at once: a round takes
+/// about two seconds however many pairs fail.
+pub fn unreachable_pairs_parallel(pods: &[&Pod]) -> Vec<(String, String)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .flat_map(|from| pods.iter().map(move |to| (from, to)))
+            .filter(|(from, to)| from.name != to.name)
+            .map(|(from, to)| {
+                s.spawn(move || {
+                    (!ping_once(from, to.ip)).then(|| (from.name.clone(), to.name.clone()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("ping thread"))
+            .collect()
+    })
+}
+
+/// The value of annotation `key` in a node file as the agent writes it
+/// (one `  key: value` line per annotation, values plain or quoted).
+pub fn annotation_value(yaml: &str, key: &str) -> Option<String> {
+    let mut inside = false;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') {
+            inside = line.trim_end() == "annotations:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let Some((k, v)) = line.trim().split_once(':') else {
+            continue;
+        };
+        if unquote(k.trim()) == key {
+            return Some(unquote(v.trim()));
+        }
+    }
+    None
+}
+
+fn unquote(s: &str) -> String {
+    if s.len() >= 2 && s.starts_with('\'') && s.ends_with('\'') {
+        s[1..s.len() - 1].replace("''", "'")
+    } else if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        serde_json::from_str(s).unwrap_or_else(|_| s[1..s.len() - 1].to_string())
+    } else {
+        s.to_string()
+    }
+}
+
+/// A node file with `changes` applied to its annotations (set when `Some`,
+/// removed when `None`), every other line kept.
+pub fn edit_annotations(yaml: &str, changes: &[(&str, Option<&str>)]) -> String {
+    let mut head = Vec::new();
+    let mut entries: Vec<String> = Vec::new();
+    let mut tail = Vec::new();
+    let mut section = 0; // 0 before annotations, 1 inside, 2 after
+    for line in yaml.lines() {
+        match section {
+            0 if line.trim_end() == "annotations:" || line.trim_end() == "annotations: {}" => {
+                section = 1
+            }
+            0 => head.push(line),
+            1 if line.starts_with(' ') => {
+                let key = line.trim().split_once(':').map(|(k, _)| unquote(k.trim()));
+                if !changes.iter().any(|(k, _)| Some(k.to_string()) == key) {
+                    entries.push(line.to_string());
+                }
+            }
+            1 => {
+                section = 2;
+                tail.push(line);
+            }
+            _ => tail.push(line),
+        }
+    }
+    for (k, v) in changes {
+        if let Some(v) = v {
+            entries.push(format!("  {k}: {v:?}"));
+        }
+    }
+    let mut out = head.join("\n");
+    out.push('\n');
+    if entries.is_empty() {
+        out.push_str("annotations: {}\n");
+    } else {
+        out.push_str("annotations:\n");
+        for e in entries {
+            out.push_str(&e);
+            out.push('\n');
+        }
+    }
+    for l in tail {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
