@@ -235,6 +235,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut tick = tokio::time::interval(agent.cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(hostname = %agent.hostname, dir = %agent.cfg.dir.display(), "weft started");
+    let mut last_error: Option<String> = None;
     loop {
         let full = tokio::select! {
             _ = tick.tick() => true,
@@ -257,11 +258,23 @@ pub async fn run(cfg: Config) -> Result<()> {
         };
         agent.state.metrics.reconciles.inc();
         match agent.reconcile(full).await {
-            Ok(()) => agent.state.healthy.store(true, Ordering::Relaxed),
+            Ok(()) => {
+                agent.state.healthy.store(true, Ordering::Relaxed);
+                if last_error.take().is_some() {
+                    info!("reconcile succeeded again");
+                }
+            }
             Err(e) => {
                 agent.state.healthy.store(false, Ordering::Relaxed);
                 agent.state.metrics.error("reconcile");
-                warn!("reconcile failed: {e:#}");
+                // The same failure on every file event is said once.
+                let msg = format!("{e:#}");
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    warn!("reconcile failed: {msg}");
+                } else {
+                    debug!("reconcile failed again: {msg}");
+                }
+                last_error = Some(msg);
             }
         }
     }

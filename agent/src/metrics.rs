@@ -117,7 +117,7 @@ impl Metrics {
         );
         reg!(
             "leader_failovers",
-            "Times this node's segment changed leader because one was unhealthy",
+            "Nodes passed over as leaders anywhere in the mesh because their WireGuard was unhealthy (as this agent saw it happen)",
             self.leader_failovers
         );
         reg!(

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, ensure};
 use std::time::Duration;
 
 use crate::mesh::{Mesh, MeshOptions, host_reaches};
-use crate::testbed::{Cluster, ClusterSpec, LocationSpec};
+use crate::testbed::Cluster;
 use crate::util::{output, step, workspace_root};
 
 pub fn run(keep: bool) -> Result<()> {
@@ -20,15 +20,7 @@ pub fn run(keep: bool) -> Result<()> {
     )?;
     crate::testbed::sweep_stale()?;
 
-    let mut spec = ClusterSpec::new(vec![
-        LocationSpec::new("aws", ["aws-1", "aws-2"]),
-        LocationSpec::new("gcp", ["gcp-1", "gcp-2"]),
-        LocationSpec::new("onprem", ["onprem-1"]),
-    ]);
-    spec.pods_per_node = 2;
-    spec.external_peer = true;
-    // Room for WireGuard (80 bytes) as the CNI configuration gives real pods.
-    spec.pod_mtu = Some(1400);
+    let spec = crate::mesh::demo_spec();
     let cluster = Cluster::create(&spec)?;
     let mut mesh = Mesh::new(&cluster, &crate::check::bin_dir(), MeshOptions::default())?;
     step(format!("directory backend: {}", mesh.dir.display()));

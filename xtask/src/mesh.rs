@@ -10,10 +10,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::testbed::{Cluster, Daemon, Host, Node, Pod};
+use crate::testbed::{Cluster, ClusterSpec, Daemon, Host, LocationSpec, Node, Pod};
 
 /// The laptop's address inside the mesh (its peer's allowed IP).
 pub const LAPTOP_MESH_IP: Ipv4Addr = Ipv4Addr::new(10, 5, 0, 1);
+
+/// The demo's shape, shared by the demo and the end-to-end tests: two
+/// locations of two nodes (`aws`, `gcp`), one node alone (`onprem`), two
+/// pods per node, the laptop, pod MTU 1400 (room for WireGuard's 80 bytes
+/// and IPIP's 20 below the NICs' 1500).
+pub fn demo_spec() -> ClusterSpec {
+    let mut spec = ClusterSpec::new(vec![
+        LocationSpec::new("aws", ["aws-1", "aws-2"]),
+        LocationSpec::new("gcp", ["gcp-1", "gcp-2"]),
+        LocationSpec::new("onprem", ["onprem-1"]),
+    ]);
+    spec.pods_per_node = 2;
+    spec.external_peer = true;
+    spec.pod_mtu = Some(1400);
+    spec
+}
 
 /// How the agents run.
 #[derive(Clone, Debug)]

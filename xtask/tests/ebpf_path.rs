@@ -30,21 +30,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weft_common::counters::Counter;
 use xtask::mesh::{Mesh, MeshOptions};
-use xtask::testbed::{Cluster, ClusterSpec, LocationSpec, Node, Pod};
+use xtask::testbed::{Cluster, Node, Pod};
 
 // ---------------------------------------------------------------- test bed
 
 /// The demo's shape with no kernel forwarding anywhere.
+/// The demo's shape with kernel forwarding off and FORWARD DROP on every node.
 fn demo_cluster() -> Cluster {
-    let mut spec = ClusterSpec::new(vec![
-        LocationSpec::new("aws", ["aws-1", "aws-2"]),
-        LocationSpec::new("gcp", ["gcp-1", "gcp-2"]),
-        LocationSpec::new("onprem", ["onprem-1"]),
-    ]);
-    spec.pods_per_node = 2;
-    spec.external_peer = true;
-    // WireGuard (80) and IPIP (20) below the NICs' 1500.
-    spec.pod_mtu = Some(1400);
+    let mut spec = xtask::mesh::demo_spec();
     spec.forward_drop = true;
     spec.forwarding = false;
     Cluster::create(&spec).expect("test bed")

@@ -9,20 +9,12 @@ use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use xtask::mesh::{LAPTOP_MESH_IP, Mesh, MeshOptions, host_reaches, node_yaml, ping_once};
-use xtask::testbed::{Cluster, ClusterSpec, LocationSpec, Pod};
+use xtask::testbed::{Cluster, Pod};
 
 /// The demo's shape: two locations of two nodes, one node alone, two pods
 /// each, a laptop.
 fn demo_cluster() -> Cluster {
-    let mut spec = ClusterSpec::new(vec![
-        LocationSpec::new("aws", ["aws-1", "aws-2"]),
-        LocationSpec::new("gcp", ["gcp-1", "gcp-2"]),
-        LocationSpec::new("onprem", ["onprem-1"]),
-    ]);
-    spec.pods_per_node = 2;
-    spec.external_peer = true;
-    spec.pod_mtu = Some(1400);
-    Cluster::create(&spec).expect("test bed")
+    Cluster::create(&xtask::mesh::demo_spec()).expect("test bed")
 }
 
 fn full_connectivity(settings: &[&str]) {
