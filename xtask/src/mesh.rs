@@ -171,8 +171,16 @@ impl<'a> Mesh<'a> {
 
     /// `/metrics` of `name`'s agent.
     pub fn metrics(&self, name: &str) -> Result<String> {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/1107 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
-        crate::util::output(self.cluster.node(name).cmd("bash").args(["-c", script]))
+        self.http_get(name, "/metrics")
+    }
+
+    /// The response (status line, headers, body) of `GET path` on `name`'s
+    /// agent (`--listen 127.0.0.1:1107` inside the node).
+    pub fn http_get(&self, name: &str, path: &str) -> Result<String> {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/1107 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        crate::util::output(self.cluster.node(name).cmd("bash").args(["-c", &script]))
     }
 
     /// `weftctl --dir <dir> ARGS` on the host.

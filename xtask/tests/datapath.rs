@@ -87,7 +87,15 @@ fn pod_links(node: &Node) -> usize {
 fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
     let cluster = one_node_cluster();
     let node = &cluster.nodes[0];
-    let mut mesh = Mesh::new(&cluster, &bin_dir(), MeshOptions::default()).unwrap();
+    let conflist = node.cni_dir.join("10-weft.conflist");
+    let mut opts = MeshOptions::default();
+    opts.agent_flags.extend([
+        "--cni".into(),
+        "true".into(),
+        "--cni-path".into(),
+        conflist.display().to_string(),
+    ]);
+    let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
     mesh.start("n1").unwrap();
     wait_for(
         "the programs attached to the pod veths, the NIC and WireGuard",
@@ -135,7 +143,24 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
         "{metrics}"
     );
 
-    // SIGTERM: the default --clean-up removes programs, links, pins, the device and routes.
+    // /health once reconciled, /graph the mesh in DOT.
+    let health = mesh.http_get("n1", "/health").unwrap();
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let graph = mesh.http_get("n1", "/graph").unwrap();
+    assert!(graph.contains("digraph") && graph.contains("n1"), "{graph}");
+    // --cni: the bridge plugin's conflist on the node's pod CIDR.
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    assert_eq!(conf["plugins"][0]["bridge"], "cni0");
+    assert_eq!(
+        conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        node.pod_cidr.to_string()
+    );
+
+    // SIGTERM: the default --clean-up removes programs, links, pins, the device, routes, CNI config.
     mesh.agent("n1")
         .stop(Duration::from_secs(20))
         .expect("weft stops");
@@ -146,6 +171,7 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
     );
     let log = mesh.agent("n1").read_log();
     assert!(log.contains("clean-up complete"), "{log}");
+    assert!(!conflist.exists(), "CNI configuration left behind");
     let progs = node
         .sh("bpftool prog show | grep -c weft_ || true")
         .unwrap();
