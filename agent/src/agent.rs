@@ -109,6 +109,10 @@ pub struct Config {
     /// the same packets anyway.
     #[arg(long, default_value = "auto", value_parser = ["auto", "true", "false"])]
     pub xdp: String,
+    /// How tc programs attach: `tcx` (pinned links, kernel ≥ 6.6), `netlink` (clsact filters),
+    /// or `auto` (TCX where the kernel has it).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcx", "netlink"])]
+    pub tc_attach: String,
     /// A leader that has heard nothing from any other segment's leader over WireGuard for this
     /// long, while others hear each other, is passed over (use the same value on every node).
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
@@ -205,10 +209,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("opening WireGuard device {}", cfg.interface))?;
     info!(interface = %cfg.interface, implementation = ?wg.implementation(), adopted = wg.adopted(), "WireGuard device ready");
     let wg_ifindex = wg.ifindex().await?;
-    let datapath = Datapath::load(
-        &cfg.bpf_pin_dir,
-        cfg.log_level.contains("debug") || cfg.log_level.contains("trace"),
-    )?;
+    let tc_mode = match cfg.tc_attach.as_str() {
+        "tcx" => crate::datapath::TcMode::Tcx,
+        "netlink" => crate::datapath::TcMode::Netlink,
+        _ => crate::datapath::TcMode::detect(),
+    };
+    let debug = cfg.log_level.contains("debug") || cfg.log_level.contains("trace");
+    let datapath = Datapath::load(&cfg.bpf_pin_dir, debug, tc_mode)?;
     let routes = Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT)
         .context("netlink socket")?;
 

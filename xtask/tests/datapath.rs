@@ -235,3 +235,88 @@ fn pinned_datapath_survives_kill_9_and_is_readopted() {
     mesh.agent("n1").stop(Duration::from_secs(20)).unwrap();
     assert!(!node.bpffs_dir.join("weft").exists());
 }
+
+/// Kernels without TCX links: `--tc-attach netlink` attaches clsact filters
+/// (what `tc filter show` lists), which keep forwarding after `kill -9`, are
+/// replaced by the next agent, and are removed on clean-up.
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
+    let cluster = one_node_cluster();
+    let node = &cluster.nodes[0];
+    let mut opts = MeshOptions::default();
+    opts.agent_flags
+        .extend(["--tc-attach".into(), "netlink".into()]);
+    let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
+    mesh.start("n1").unwrap();
+    let filters = |dev: &str| {
+        node.sh(&format!("tc filter show dev {dev} ingress"))
+            .unwrap()
+    };
+    wait_for(
+        "clsact filters on the pod veths, the NIC and WireGuard",
+        Duration::from_secs(60),
+        || {
+            mesh.check_running().unwrap();
+            (links_pinned(node).len() == 5 && filters("weft0").contains("weft_wg_ingress"))
+                .then_some(())
+        },
+    );
+    assert!(
+        filters("vp0").contains("weft_pod_ingress"),
+        "{}",
+        filters("vp0")
+    );
+    assert!(
+        filters("eth0").contains("weft_nic_ingress"),
+        "{}",
+        filters("eth0")
+    );
+    // No TCX link: the markers are directories, not pinned links.
+    assert!(node.bpffs_dir.join("weft/links/pod_ingress@vp0").is_dir());
+
+    mesh.agent("n1")
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    mesh.agent("n1")
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+    let before = counter(node, Counter::PodIngressSeen);
+    node.pods[0].ping(node.pods[1].ip, 5).unwrap();
+    let after = counter(node, Counter::PodIngressSeen);
+    assert!(
+        after - before >= 10,
+        "the filters stopped counting after kill -9"
+    );
+
+    mesh.start("n1").unwrap();
+    wait_for(
+        "the filters replaced by the new agent",
+        Duration::from_secs(60),
+        || {
+            let log = mesh.agent("n1").read_log();
+            (log.matches("re-adopted eBPF filter (clsact, replaced)")
+                .count()
+                >= 4)
+                .then_some(())
+        },
+    );
+    // One filter per hook, not two, and the maps kept their counts.
+    assert_eq!(
+        filters("vp0").matches("weft_pod_ingress").count(),
+        1,
+        "{}",
+        filters("vp0")
+    );
+    node.pods[1].ping(node.pods[0].ip, 5).unwrap();
+    assert!(counter(node, Counter::PodIngressSeen) >= after + 10);
+
+    mesh.agent("n1").stop(Duration::from_secs(20)).unwrap();
+    assert!(
+        !node.bpffs_dir.join("weft").exists(),
+        "pins or markers left"
+    );
+    for dev in ["vp0", "vp1", "eth0"] {
+        assert!(!filters(dev).contains("weft_"), "{dev}: {}", filters(dev));
+    }
+}

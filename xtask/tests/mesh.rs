@@ -18,11 +18,16 @@ fn demo_cluster() -> Cluster {
 }
 
 fn full_connectivity(settings: &[&str]) {
+    full_connectivity_with(settings, &[]);
+}
+
+fn full_connectivity_with(settings: &[&str], flags: &[&str]) {
     let cluster = demo_cluster();
-    let opts = MeshOptions {
+    let mut opts = MeshOptions {
         settings: settings.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
+    opts.agent_flags.extend(flags.iter().map(|f| f.to_string()));
     let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
     let pods: Vec<_> = cluster.pods().collect();
     let before = xtask::mesh::unreachable_pairs_parallel(&pods);
@@ -140,6 +145,13 @@ fn wait_converged(
 #[ignore = "needs root; run by cargo xtask test"]
 fn full_connectivity_location_granularity() {
     full_connectivity(&[]);
+}
+
+/// The clsact fallback (kernels without TCX) forwards the whole mesh too.
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn full_connectivity_with_clsact_filters() {
+    full_connectivity_with(&[], &["--tc-attach", "netlink"]);
 }
 
 #[test]

@@ -78,12 +78,36 @@ impl Hook {
     }
 }
 
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcMode {
+    /// TCX links (kernel ≥ 6.6), pinned under `links/`: they survive the
+    /// agent and are switched to a new program atomically.
+    Tcx,
+    /// clsact filters through netlink, for older kernels. They outlive the
+    /// agent by themselves; an empty directory under `links/` records each
+    /// one, and a new agent replaces the filter (detach by name, attach).
+    Netlink,
+}
+
+impl TcMode {
+    /// TCX where the kernel has it, clsact otherwise.
+    pub fn detect() -> TcMode {
+        match aya::util::KernelVersion::current() {
+            Ok(v) if v >= aya::util::KernelVersion::new(6, 6, 0) => TcMode::Tcx,
+            _ => TcMode::Netlink,
+        }
+    }
+}
+
 /// An attachment: a hook on a named interface.
 pub type Attachment = (Hook, String);
 
 enum LinkId {
     Tc(SchedClassifierLinkId),
     Xdp(XdpLinkId),
+    /// A clsact filter, owned by the kernel (found again by program name).
+    TcNetlink,
 }
 
 /// The loaded datapath. Dropping it leaves everything pinned in place (the
@@ -91,8 +115,22 @@ enum LinkId {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    tc_mode: TcMode,
     /// Attachments made or adopted by this process, with our handle on the link.
     attached: BTreeMap<Attachment, LinkId>,
+}
+
+/// Removes `hook`'s clsact filter from `ifname`, if there is one (the
+/// interface may be gone with its filters: nothing to do then).
+fn detach_filter(hook: Hook, ifname: &str) {
+    if let Err(e) =
+        aya::programs::tc::qdisc_detach_program(ifname, TcAttachType::Ingress, hook.program())
+    {
+        debug!(
+            hook = hook.name(),
+            ifname, "no clsact filter to remove: {e}"
+        );
+    }
 }
 
 /// Fails unless `dir`'s parent is on a bpffs: pinning elsewhere fails with
@@ -126,7 +164,7 @@ impl Datapath {
     /// Loads the programs, reusing maps pinned by an earlier run under `pin_dir`.
     /// The programs' aya-log lines are compiled in but silent unless `debug`;
     /// with `debug` they are forwarded to the agent's log.
-    pub fn load(pin_dir: &Path, debug: bool) -> Result<Self> {
+    pub fn load(pin_dir: &Path, debug: bool, tc_mode: TcMode) -> Result<Self> {
         check_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .with_context(|| format!("creating {}", pin_dir.display()))?;
@@ -156,10 +194,11 @@ impl Datapath {
             }
             .with_context(|| format!("the kernel refused program {}", hook.program()))?;
         }
-        info!(pin_dir = %pin_dir.display(), "eBPF datapath loaded");
+        info!(pin_dir = %pin_dir.display(), ?tc_mode, "eBPF datapath loaded");
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
+            tc_mode,
             attached: BTreeMap::new(),
         })
     }
@@ -205,6 +244,11 @@ impl Datapath {
             return Ok(());
         }
         let pin = self.link_pin(hook, ifname);
+        if self.tc_mode == TcMode::Netlink && hook != Hook::NicXdp {
+            let id = self.attach_netlink(hook, ifname, &pin)?;
+            self.attached.insert(key, id);
+            return Ok(());
+        }
         let adopted = match PinnedLink::from_pin(&pin) {
             Ok(pinned) => match self.adopt(hook, FdLink::from(pinned)) {
                 Ok(id) => Some(id),
@@ -233,6 +277,41 @@ impl Datapath {
         };
         self.attached.insert(key, id);
         Ok(())
+    }
+
+    /// Attaches a clsact filter; one an earlier run left (its marker
+    /// directory exists) is replaced by this run's program: detached by
+    /// name, then attached again — a gap of one netlink round trip, the
+    /// price of kernels without TCX links.
+    fn attach_netlink(&mut self, hook: Hook, ifname: &str, marker: &Path) -> Result<LinkId> {
+        let readopt = marker.is_dir();
+        if readopt {
+            detach_filter(hook, ifname);
+        }
+        // Fails with EEXIST once the interface has its clsact qdisc: fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(ifname);
+        let prog = self
+            .ebpf
+            .program_mut(hook.program())
+            .expect("checked at load");
+        let p: &mut SchedClassifier = prog.try_into()?;
+        let opts = TcAttachOptions::Netlink(aya::programs::tc::NlOptions::default());
+        let id = p
+            .attach_with_options(ifname, TcAttachType::Ingress, opts)
+            .with_context(|| format!("attaching {} to {ifname} (clsact)", hook.program()))?;
+        // The kernel keeps the filter after we exit; aya's handle would remove it on drop.
+        std::mem::forget(p.take_link(id)?);
+        if !readopt {
+            std::fs::create_dir(marker)
+                .with_context(|| format!("recording {}", marker.display()))?;
+        }
+        let what = if readopt {
+            "re-adopted eBPF filter (clsact, replaced)"
+        } else {
+            "attached eBPF program (clsact)"
+        };
+        info!(hook = hook.name(), ifname, "{what}");
+        Ok(LinkId::TcNetlink)
     }
 
     fn adopt(&mut self, hook: Hook, link: FdLink) -> Result<LinkId> {
@@ -297,7 +376,15 @@ impl Datapath {
             match id {
                 LinkId::Tc(id) => <&mut SchedClassifier>::try_from(prog)?.detach(id)?,
                 LinkId::Xdp(id) => <&mut Xdp>::try_from(prog)?.detach(id)?,
+                LinkId::TcNetlink => {}
             }
+        }
+        if pin.is_dir() {
+            // A clsact filter's marker: the filter is found by program name.
+            detach_filter(hook, ifname);
+            std::fs::remove_dir(&pin).with_context(|| format!("removing {}", pin.display()))?;
+            info!(hook = hook.name(), ifname, "detached eBPF filter (clsact)");
+            return Ok(());
         }
         match std::fs::remove_file(&pin) {
             Ok(()) => info!(hook = hook.name(), ifname, "detached eBPF program"),
