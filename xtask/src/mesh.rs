@@ -196,43 +196,8 @@ impl<'a> Mesh<'a> {
 
     /// Waits until every pod reaches every other pod, showing progress.
     pub fn wait_full_connectivity(&self, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
         let pods: Vec<&Pod> = self.cluster.pods().collect();
-        let mut last = usize::MAX;
-        loop {
-            self.check_running()?;
-            let missing = unreachable_pairs(&pods);
-            if missing.is_empty() {
-                eprintln!(
-                    "    all {} pod pairs connected after {:.1} s",
-                    pods.len() * (pods.len() - 1),
-                    start.elapsed().as_secs_f64()
-                );
-                return Ok(start.elapsed());
-            }
-            if missing.len() != last {
-                eprintln!(
-                    "    {} of {} pod pairs still unreachable ({:.0} s)",
-                    missing.len(),
-                    pods.len() * (pods.len() - 1),
-                    start.elapsed().as_secs_f64()
-                );
-                last = missing.len();
-            }
-            if start.elapsed() > timeout {
-                let sample: Vec<String> = missing
-                    .iter()
-                    .take(8)
-                    .map(|(a, b)| format!("{a} -> {b}"))
-                    .collect();
-                bail!(
-                    "no full connectivity after {timeout:?}: {} pairs fail, e.g. {}",
-                    missing.len(),
-                    sample.join(", ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        self.wait_connectivity(&pods, timeout)
     }
 
     /// Configures the laptop as an external peer: generates its key, adds
@@ -309,28 +274,6 @@ impl<'a> Mesh<'a> {
     }
 }
 
-/// Every (from, to) pod pair that does not answer one ping.
-pub fn unreachable_pairs(pods: &[&Pod]) -> Vec<(String, String)> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .map(|from| {
-                s.spawn(move || {
-                    pods.iter()
-                        .filter(|to| to.name != from.name)
-                        .filter(|to| !ping_once(from, to.ip))
-                        .map(|to| (from.name.clone(), to.name.clone()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("ping thread"))
-            .collect()
-    })
-}
-
 /// One ping with a one-second deadline, retried once.
 pub fn ping_once(from: &Pod, ip: Ipv4Addr) -> bool {
     (0..2).any(|_| {
@@ -356,6 +299,16 @@ pub fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Resul
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// The pids of the processes left in network namespace `netns`, as
+/// `ip netns pids` lists them (run from the host, not from inside).
+pub fn processes_in(netns: &str) -> Result<String> {
+    Ok(
+        crate::util::output(Command::new("ip").args(["netns", "pids", netns]))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// The last `n` lines of `s`.
@@ -504,7 +457,7 @@ impl Mesh<'_> {
         let mut last = usize::MAX;
         loop {
             self.check_running()?;
-            let missing = unreachable_pairs_parallel(pods);
+            let missing = unreachable_pairs(pods);
             if missing.is_empty() {
                 eprintln!(
                     "    all {total} pod pairs connected after {:.1} s",
@@ -543,9 +496,9 @@ impl Mesh<'_> {
     }
 }
 
-/// Like [`unreachable_pairs`], every pair pinged at once: a round takes
-/// about two seconds however many pairs fail.
-pub fn unreachable_pairs_parallel(pods: &[&Pod]) -> Vec<(String, String)> {
+/// Every (from, to) pod pair that does not answer one ping, all pinged at
+/// once: a round takes about two seconds however many pairs fail.
+pub fn unreachable_pairs(pods: &[&Pod]) -> Vec<(String, String)> {
     std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()

@@ -181,13 +181,8 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
     let routes = node.sh("ip route show proto 87").unwrap();
     assert!(routes.trim().is_empty(), "{routes}");
     // No process (wireguard-go included) is left in the node's namespace.
-    let pids = std::process::Command::new("ip")
-        .args(["netns", "pids", &node.netns])
-        .output()
-        .unwrap();
-    assert!(pids.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&pids.stdout).trim(),
+        xtask::mesh::processes_in(&node.netns).unwrap(),
         "",
         "processes left in the node namespace"
     );

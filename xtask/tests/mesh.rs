@@ -30,7 +30,7 @@ fn full_connectivity_with(settings: &[&str], flags: &[&str]) {
     opts.agent_flags.extend(flags.iter().map(|f| f.to_string()));
     let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
     let pods: Vec<_> = cluster.pods().collect();
-    let before = xtask::mesh::unreachable_pairs_parallel(&pods);
+    let before = xtask::mesh::unreachable_pairs(&pods);
     assert_eq!(
         before.len(),
         10 * 9 - 5 * 2,
@@ -942,13 +942,8 @@ fn clean_up_on_exit_leaves_nothing() {
             "{}: eBPF programs still attached:\n{attached}",
             n.name
         );
-        let pids = std::process::Command::new("ip")
-            .args(["netns", "pids", &n.netns])
-            .output()
-            .unwrap();
-        assert!(pids.status.success());
         assert_eq!(
-            String::from_utf8_lossy(&pids.stdout).trim(),
+            xtask::mesh::processes_in(&n.netns).unwrap(),
             "",
             "{}: processes left in the node namespace",
             n.name
