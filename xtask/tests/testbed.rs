@@ -672,10 +672,15 @@ fn sweep_stale_removes_what_a_killed_run_left() {
     let status = dead.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), None, "killed by SIGKILL");
     let left = leftovers(&dead_prefix);
-    let sleeps: Vec<u32> = marked_processes(&dead_prefix)
+    // The sleeps, and under `cargo xtask test` the weft agents and their wireguard-go too.
+    let procs: Vec<u32> = marked_processes(&dead_prefix)
         .into_iter()
         .map(|(p, _)| p)
         .collect();
+    let sleeps = marked_processes(&dead_prefix)
+        .into_iter()
+        .filter(|(_, c)| c == "sleep 1000")
+        .count();
     assert_eq!(netns_with_prefix(&dead_prefix).len(), 8, "{left:#?}");
     assert_eq!(
         mounts_under(&prefix_dir(&dead_prefix)).len(),
@@ -683,7 +688,7 @@ fn sweep_stale_removes_what_a_killed_run_left() {
         "{left:#?}"
     );
     assert!(prefix_dir(&dead_prefix).join("owner.json").exists());
-    assert_eq!(sleeps.len(), 3, "{left:#?}");
+    assert_eq!(sleeps, 3, "{left:#?}");
 
     let swept = testbed::sweep_stale().expect("sweeping");
     // (Another test run's sweep may have been first; then it must be gone all the same.)
@@ -692,7 +697,7 @@ fn sweep_stale_removes_what_a_killed_run_left() {
         "swept {swept:?}"
     );
     assert!(!swept.contains(&live_prefix), "swept a live run: {swept:?}");
-    for pid in sleeps {
+    for pid in procs {
         assert!(!alive(pid), "pid {pid} survived the sweep");
     }
     assert_clean(&dead_prefix);
@@ -700,7 +705,11 @@ fn sweep_stale_removes_what_a_killed_run_left() {
     // The live run was not touched.
     assert_eq!(netns_with_prefix(&live_prefix).len(), 8);
     assert_eq!(mounts_under(&prefix_dir(&live_prefix)).len(), 2);
-    assert_eq!(marked_processes(&live_prefix).len(), 3);
+    let live_sleeps = marked_processes(&live_prefix)
+        .into_iter()
+        .filter(|(_, c)| c == "sleep 1000")
+        .count();
+    assert_eq!(live_sleeps, 3);
     live.signal(Signal::SIGTERM);
     let mut live = live;
     assert_eq!(live.wait_exit(Duration::from_secs(120)).code(), Some(143));
