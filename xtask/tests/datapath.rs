@@ -172,10 +172,14 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
     let log = mesh.agent("n1").read_log();
     assert!(log.contains("clean-up complete"), "{log}");
     assert!(!conflist.exists(), "CNI configuration left behind");
-    let progs = node
-        .sh("bpftool prog show | grep -c weft_ || true")
-        .unwrap();
-    assert_eq!(progs.trim(), "0", "weft programs still loaded");
+    // bpftool lists the programs of every namespace, and the kernel frees
+    // those of an earlier test's namespaces asynchronously: wait for none.
+    wait_for("no weft program loaded", Duration::from_secs(30), || {
+        let progs = node
+            .sh("bpftool prog show | grep -c weft_ || true")
+            .unwrap();
+        (progs.trim() == "0").then_some(())
+    });
     let links = node.sh("ip -o link show").unwrap();
     assert!(!links.contains("weft0"), "{links}");
     let routes = node.sh("ip route show proto 87").unwrap();
