@@ -274,18 +274,21 @@ impl<'a> Mesh<'a> {
     }
 }
 
+/// True if one ping from `ping` (a command made by a namespace's `cmd`) to
+/// `ip` is answered within a second.
+fn answers(mut ping: Command, ip: Ipv4Addr) -> bool {
+    ping.args(["-n", "-q", "-c", "1", "-W", "1"])
+        .arg(ip.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// One ping with a one-second deadline, retried once.
 pub fn ping_once(from: &Pod, ip: Ipv4Addr) -> bool {
-    (0..2).any(|_| {
-        from.cmd("ping")
-            .args(["-n", "-q", "-c", "1", "-W", "1"])
-            .arg(ip.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    (0..2).any(|_| answers(from.cmd("ping"), ip))
 }
 
 /// Polls `f` every 200 ms until true, or fails naming `what`.
@@ -319,14 +322,7 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Pings `ip` from a host with a one-second deadline.
 pub fn host_reaches(host: &Host, ip: Ipv4Addr) -> bool {
-    host.cmd("ping")
-        .args(["-n", "-q", "-c", "1", "-W", "1"])
-        .arg(ip.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    answers(host.cmd("ping"), ip)
 }
 
 /// Changes to a mesh while it runs: node files edited, added and removed,

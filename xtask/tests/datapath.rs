@@ -202,12 +202,7 @@ fn pinned_datapath_survives_kill_9_and_is_readopted() {
     wait_for("links pinned", Duration::from_secs(60), || {
         (pod_links(node) == 2).then_some(())
     });
-    mesh.agent("n1")
-        .signal(nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
-    mesh.agent("n1")
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap();
+    mesh.kill("n1").unwrap();
 
     // Nobody runs the agent now: the pinned links keep counting.
     let before = counter(node, Counter::PodIngressSeen);
@@ -274,12 +269,7 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
     // No TCX link: the markers are directories, not pinned links.
     assert!(node.bpffs_dir.join("weft/links/pod_ingress@vp0").is_dir());
 
-    mesh.agent("n1")
-        .signal(nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
-    mesh.agent("n1")
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap();
+    mesh.kill("n1").unwrap();
     let before = counter(node, Counter::PodIngressSeen);
     node.pods[0].ping(node.pods[1].ip, 5).unwrap();
     let after = counter(node, Counter::PodIngressSeen);
