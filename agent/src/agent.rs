@@ -17,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-use crate::backend::dir::DirBackend;
+use crate::backend::dir::{DirBackend, DirWatch};
+use crate::backend::kubernetes::KubeBackend;
+use crate::backend::{AnnotationPatch, Backend, Event, Freshness};
 use crate::datapath::{Datapath, Hook, maps};
 use crate::keys::KeyPair;
 use crate::model::annotations::{self as a, weft};
@@ -29,20 +31,29 @@ use crate::routes::{DesiredRoute, LinkRef, RouteVia, Routes};
 use crate::topology::{Mesh, PeerOrigin, RouteKind, Topology};
 use crate::wireguard::{self, DesiredPeer, WireGuard};
 use crate::{cni, detect, health, http};
+use futures::FutureExt as _;
 
 /// Weft node agent: keeps this node's part of the pod mesh true to the topology.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "weft", version)]
+#[command(name = "weft", version, args_conflicts_with_subcommands = true)]
 pub struct Config {
-    /// Where nodes and peers come from. `dir`: a directory of YAML files
-    /// (nodes/<name>.yaml, peers/<name>.yaml, settings.yaml), the embedded
-    /// default that needs no cluster. (The Kubernetes backend is not built yet.)
-    #[arg(long, default_value = "dir", value_parser = ["dir"])]
-    pub backend: String,
-    /// The directory of the `dir` backend.
-    #[arg(long, required = true)]
-    pub dir: PathBuf,
-    /// Name of this node (its file is <dir>/nodes/<hostname>.yaml). Default: the system hostname.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Where nodes and peers come from. `kubernetes`: Node objects and `Peer` objects
+    /// (weft.dev, and Kilo's kilo.squat.ai) of the cluster; `dir`: a directory of YAML files
+    /// (nodes/<name>.yaml, peers/<name>.yaml, settings.yaml), the embedded default that needs
+    /// no cluster.
+    #[arg(long, default_value = "dir", value_enum)]
+    pub backend: BackendKind,
+    /// The directory of the `dir` backend (needed with it).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The kubeconfig of the `kubernetes` backend. Default: as kubectl resolves it
+    /// ($KUBECONFIG, ~/.kube/config), else the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Name of this node: its Node object, or its file <dir>/nodes/<hostname>.yaml. Default:
+    /// the system hostname.
     #[arg(long, env = "WEFT_HOSTNAME")]
     pub hostname: Option<String>,
     /// Name of the WireGuard interface.
@@ -76,7 +87,9 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync_period: Duration,
     /// On SIGTERM/SIGINT remove everything weft set up (WireGuard device, routes, eBPF programs,
-    /// links and pins). With false, the device and the pinned datapath keep forwarding after exit.
+    /// links and pins). With false, the device and the pinned datapath keep forwarding after exit
+    /// and the next agent adopts them: what a DaemonSet wants, so that a rolling update drops no
+    /// packet (`weft clean-up` removes them when weft leaves the node).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub clean_up: bool,
     /// Address of the HTTP server for /health, /metrics and /graph (`:1107` = every address).
@@ -117,6 +130,36 @@ pub struct Config {
     /// long, while others hear each other, is passed over (use the same value on every node).
     #[arg(long, default_value = "3m", value_parser = parse_duration)]
     pub leader_health_timeout: Duration,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Dir,
+    Kubernetes,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Remove everything weft set up on this node (WireGuard device and wireguard-go, routes,
+    /// eBPF programs, links and pins, the CNI configuration), as an uninstall does. Safe to run
+    /// when some or all of it is already gone.
+    CleanUp(CleanUpArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CleanUpArgs {
+    /// The agent's WireGuard interface.
+    #[arg(long, default_value = "weft0")]
+    pub interface: String,
+    /// The agent's --bpf-pin-dir.
+    #[arg(long, default_value = crate::datapath::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// The agent's --cni-path (removed if it is there).
+    #[arg(long, default_value = "/etc/cni/net.d/10-weft.conflist")]
+    pub cni_path: PathBuf,
+    /// Also remove the agent's --state-dir (its WireGuard private key).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Parses `30s`, `500ms`, `3m`, or plain seconds.
@@ -171,10 +214,10 @@ struct Health {
 }
 
 /// Everything the agent holds between reconciles.
-struct Agent {
+struct Agent<B: Backend> {
     cfg: Config,
     hostname: String,
-    backend: DirBackend,
+    backend: B,
     keys: KeyPair,
     wg: WireGuard,
     wg_ifindex: u32,
@@ -188,15 +231,94 @@ struct Agent {
     demoted: BTreeSet<String>,
     /// `discovered-endpoints` as last read from WireGuard (JSON).
     discovered: String,
+    outage: Outage,
 }
 
-/// Runs the agent until SIGTERM/SIGINT.
+/// Backend outages, so that the nodes' `last-seen` and `wireguard-alive`
+/// are not held against them while they could not publish them (see
+/// [`Outage::readiness_now`]).
+/// After an outage, how long the nodes' new annotations may take to reach
+/// this agent: their next publish, and this agent's watch resuming after
+/// its backoff (at most 30 s).
+const CATCH_UP_SECS: i64 = 30;
+
+#[derive(Default)]
+struct Outage {
+    /// The current outage's start, while the backend is stale.
+    since: Option<i64>,
+    /// Seconds of outage the readiness clock runs behind by, until
+    /// `credit_until` (unix seconds).
+    credit: i64,
+    credit_until: i64,
+}
+
+impl Outage {
+    fn update(&mut self, freshness: &Freshness, now: i64) {
+        match (freshness, self.since) {
+            (Freshness::Stale { since, .. }, None) => self.since = Some(unix(*since).min(now)),
+            (Freshness::Fresh, Some(start)) => {
+                // Outages close together add up: the nodes may not have
+                // published between them.
+                let carried = self.carried(start);
+                self.credit = carried + (now - start) + CATCH_UP_SECS;
+                self.credit_until = now + CATCH_UP_SECS + crate::model::READY_WINDOW_SECS;
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn carried(&self, at: i64) -> i64 {
+        if at < self.credit_until {
+            self.credit
+        } else {
+            0
+        }
+    }
+
+    /// The time readiness is judged at. While the backend is away, no node
+    /// can refresh what it publishes: judging it at the real time would drop
+    /// every node from the mesh (and pass every leader over) after a minute
+    /// of API server outage. So the clock stops at the outage's start, stays
+    /// there for [`CATCH_UP_SECS`] after it, then runs behind by the outage's
+    /// length and that catch-up until every node has had a full readiness
+    /// window to check in again.
+    fn readiness_now(&self, now: i64) -> i64 {
+        match self.since {
+            Some(start) => start.min(now) - self.carried(start),
+            None => now - self.carried(now),
+        }
+    }
+}
+
+/// Runs the agent (or its `clean-up` command) until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    if let Some(Command::CleanUp(args)) = &cfg.command {
+        return clean_up(args, cfg.wireguard).await;
+    }
+    match cfg.backend {
+        BackendKind::Dir => {
+            let dir = cfg
+                .dir
+                .clone()
+                .context("--backend dir needs --dir (the directory holding nodes/, peers/)")?;
+            let backend = DirWatch::new(DirBackend::new(dir))?;
+            run_with(cfg, backend).await
+        }
+        BackendKind::Kubernetes => {
+            let (client, server) =
+                crate::backend::kubernetes::client(cfg.kubeconfig.as_deref()).await?;
+            let backend = KubeBackend::start(client, server);
+            run_with(cfg, backend).await
+        }
+    }
+}
+
+async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
     let hostname = match &cfg.hostname {
         Some(h) => h.clone(),
         None => nix_hostname()?,
     };
-    let backend = DirBackend::new(&cfg.dir);
     let state = Arc::new(http::State::default());
     let listen = http::parse_listen(&cfg.listen)?;
     let server = tokio::spawn(http::serve(listen, state.clone()));
@@ -234,23 +356,26 @@ pub async fn run(cfg: Config) -> Result<()> {
         reported: BTreeSet::new(),
         demoted: BTreeSet::new(),
         discovered: "{}".to_string(),
+        outage: Outage::default(),
     };
-    let (_watcher, mut changes) = watch_dir(&agent.cfg.dir)?;
     let mut restarts = agent.wg.restarts();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(agent.cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    info!(hostname = %agent.hostname, dir = %agent.cfg.dir.display(), "weft started");
+    info!(hostname = %agent.hostname, backend = %agent.backend.describe(), "weft started");
     let mut last_error: Option<String> = None;
     loop {
         let full = tokio::select! {
             _ = tick.tick() => true,
-            Some(()) = changes.recv() => {
-                // Coalesce a burst of file events into one reconcile.
+            Some(ev) = agent.backend.next_event() => {
+                // Coalesce a burst of events into one reconcile.
+                let mut full = agent.note_event(&ev);
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while changes.try_recv().is_ok() {}
-                false
+                while let Some(Some(ev)) = agent.backend.next_event().now_or_never() {
+                    full |= agent.note_event(&ev);
+                }
+                full
             }
             Ok(()) = restarts.changed() => {
                 warn!("wireguard-go was restarted: re-applying routes and eBPF attachments");
@@ -274,7 +399,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             Err(e) => {
                 agent.state.healthy.store(false, Ordering::Relaxed);
                 agent.state.metrics.error("reconcile");
-                // The same failure on every file event is said once.
+                // The same failure on every event is said once.
                 let msg = format!("{e:#}");
                 if last_error.as_deref() != Some(msg.as_str()) {
                     warn!("reconcile failed: {msg}");
@@ -294,24 +419,65 @@ fn nix_hostname() -> Result<String> {
     Ok(h.trim().to_string())
 }
 
-/// Watches the backend directory; each change sends `()`.
-fn watch_dir(
-    dir: &std::path::Path,
-) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
-    use notify::Watcher;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.try_send(());
+/// `weft clean-up`: removes what an agent with these settings set up, with
+/// no agent running. Each part is tried; the errors are reported together.
+async fn clean_up(args: &CleanUpArgs, mode: wireguard::Mode) -> Result<()> {
+    let mut errors = Vec::new();
+    let mut removed = Vec::new();
+    if args.bpf_pin_dir.exists() {
+        // Loading adopts the pins; clean_up then detaches every link and removes them.
+        match Datapath::load(&args.bpf_pin_dir, false, crate::datapath::TcMode::detect())
+            .and_then(Datapath::clean_up)
+        {
+            Ok(()) => removed.push(format!("eBPF datapath ({})", args.bpf_pin_dir.display())),
+            Err(e) => errors.push(format!("eBPF datapath: {e:#}")),
         }
-    })
-    .context("starting the directory watcher")?;
-    w.watch(dir, notify::RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
-    Ok((w, rx))
+    }
+    match Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT) {
+        Ok(r) => match r.clean_up().await {
+            Ok(n) => removed.push(format!("{n} routes")),
+            Err(e) => errors.push(format!("routes: {e}")),
+        },
+        Err(e) => errors.push(format!("routes: netlink socket: {e}")),
+    }
+    if ifindex(&args.interface).is_some() || wireguard::uapi::socket_path(&args.interface).exists()
+    {
+        match WireGuard::open(wireguard::Options::new(&args.interface, mode)).await {
+            Ok(wg) => match wg.clean_up().await {
+                Ok(()) => removed.push(format!("WireGuard device {}", args.interface)),
+                Err(e) => errors.push(format!("WireGuard device {}: {e}", args.interface)),
+            },
+            Err(e) => errors.push(format!("WireGuard device {}: {e}", args.interface)),
+        }
+    }
+    match std::fs::remove_file(&args.cni_path) {
+        Ok(()) => removed.push(format!("CNI configuration {}", args.cni_path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!(
+            "CNI configuration {}: {e}",
+            args.cni_path.display()
+        )),
+    }
+    if let Some(dir) = &args.state_dir {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => removed.push(format!("state directory {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("state directory {}: {e}", dir.display())),
+        }
+    }
+    if removed.is_empty() && errors.is_empty() {
+        info!("clean-up: nothing of weft was left on this node");
+    } else if !removed.is_empty() {
+        info!("clean-up removed: {}", removed.join(", "));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("clean-up incomplete: {}", errors.join("; "))
+    }
 }
 
-impl Agent {
+impl<B: Backend> Agent<B> {
     /// Logs a problem once, when it first appears, and counts it.
     fn report(&mut self, seen: &mut BTreeSet<String>, kind: &str, msg: String) {
         if !self.reported.contains(&msg) {
@@ -325,7 +491,7 @@ impl Agent {
         let mut s = match file {
             Some(f) => f
                 .parse()
-                .with_context(|| format!("{}/settings.yaml", self.cfg.dir.display()))?,
+                .with_context(|| format!("{}: settings.yaml", self.backend.describe()))?,
             None => Settings::default(),
         };
         let o = crate::ctl::Overrides {
@@ -344,27 +510,63 @@ impl Agent {
         Ok(s)
     }
 
+    /// Logs a backend event; true when it calls for a full resync.
+    fn note_event(&mut self, ev: &Event) -> bool {
+        match ev {
+            Event::Node { name, change } => debug!(node = %name, ?change, "node changed"),
+            Event::Peer { name, change } => debug!(peer = %name, ?change, "peer changed"),
+            Event::Settings => info!("settings changed"),
+            Event::Resynced => {
+                debug!("backend re-listed");
+                return true;
+            }
+            Event::Stale { reason } => {
+                warn!("backend unreachable, keeping the last topology in force: {reason}");
+            }
+        }
+        false
+    }
+
+    /// Records whether the backend is current, for `/health` and readiness.
+    fn note_freshness(&mut self, now: i64) {
+        let f = self.backend.freshness();
+        self.outage.update(&f, now);
+        let stale = match &f {
+            Freshness::Fresh => None,
+            Freshness::Stale { since, reason } => Some(format!(
+                "running on stale data: {} unreachable for {} s ({reason})",
+                self.backend.describe(),
+                now - unix(*since)
+            )),
+        };
+        self.state
+            .metrics
+            .backend_stale
+            .set(i64::from(stale.is_some()));
+        *self.state.stale.write().expect("not poisoned") = stale;
+    }
+
     async fn reconcile(&mut self, full: bool) -> Result<()> {
         let now = unix_now();
-        let snap = self
-            .backend
-            .load()
-            .context("reading the directory backend")?;
+        self.note_freshness(now);
+        let ready_now = self.outage.readiness_now(now);
+        let snap = self.backend.snapshot().await?;
         let settings = self.settings(snap.settings.as_ref())?;
         let mut seen = BTreeSet::new();
         for e in &snap.errors {
-            self.report(&mut seen, "backend", e.to_string());
+            self.report(&mut seen, "backend", e.clone());
         }
         let Some(own) = snap.nodes.iter().find(|n| n.name == self.hostname).cloned() else {
             bail!(
-                "no node file for {}: create {} with its podCIDR",
+                "{} has no node {:?}: give this node a Node object (Kubernetes) or a file nodes/{}.yaml (directory) with its podCIDR",
+                self.backend.describe(),
                 self.hostname,
-                self.backend.node_path(&self.hostname).display()
+                self.hostname,
             );
         };
 
         // Publish this node's annotations: every tick (last-seen), else only on change.
-        let own = self.publish(own, &settings, now, full)?;
+        let own = self.publish(own, &settings, now, full).await?;
         let mut objects = snap.nodes.clone();
         if let Some(o) = objects.iter_mut().find(|n| n.name == self.hostname) {
             *o = own;
@@ -378,7 +580,11 @@ impl Agent {
             self.report(&mut seen, "peer", e.to_string());
         }
 
-        let demoted = health::demoted(&nodes, now, self.cfg.leader_health_timeout.as_secs() as i64);
+        let demoted = health::demoted(
+            &nodes,
+            ready_now,
+            self.cfg.leader_health_timeout.as_secs() as i64,
+        );
         if demoted != self.demoted {
             for d in demoted.difference(&self.demoted) {
                 warn!(node = %d, "leader failover: {d} hears no other segment over WireGuard; passing it over");
@@ -389,7 +595,7 @@ impl Agent {
             }
             self.demoted = demoted.clone();
         }
-        let mesh = Mesh::build(&nodes, &peers, &settings, now, &demoted)?;
+        let mesh = Mesh::build(&nodes, &peers, &settings, ready_now, &demoted)?;
         for w in &mesh.warnings {
             self.report(&mut seen, "topology", w.to_string());
         }
@@ -402,7 +608,7 @@ impl Agent {
         let own_node = nodes.iter().find(|n| n.name == self.hostname).cloned();
         self.apply(&topo, own_node.as_ref()).await?;
         self.update_health(&topo, now).await;
-        self.update_metrics(&mesh, &topo, &nodes, now, &demoted);
+        self.update_metrics(&mesh, &topo, &nodes, ready_now, &demoted);
         if let Some(last) = &self.last {
             let d = crate::topology::diff(last, &topo);
             if !d.is_empty() {
@@ -425,10 +631,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes this node's agent annotations into its file if they changed
-    /// (or, on a full resync, to refresh `last-seen`). Returns the object as
-    /// it now stands.
-    fn publish(
+    /// Publishes this node's agent annotations if they changed (or, on a
+    /// full resync, to refresh `last-seen`), touching no other key. Returns
+    /// the object as it now stands. While the backend cannot be written
+    /// (API server away), the mesh goes on with what this node would have
+    /// published: a failed publish is logged, never fatal.
+    async fn publish(
         &mut self,
         mut own: NodeObject,
         settings: &Settings,
@@ -497,36 +705,43 @@ impl Agent {
         }
         let changed = withdraw_alive || want.iter().any(|(k, v)| own.annotations.get(k) != Some(v));
         let no_last_seen = !own.annotations.contains_key(&weft(a::LAST_SEEN));
-        if changed || full || no_last_seen {
-            // Write into the file as it is now, not as the snapshot saw it:
-            // a user's edit made since must not be undone, and a node whose
-            // file was removed must not be brought back.
-            own = match self.backend.read_node(&self.hostname) {
-                Ok(Some(current)) => current,
-                Ok(None) => bail!(
-                    "{} was removed: this node is no longer part of the mesh",
-                    self.backend.node_path(&self.hostname).display()
-                ),
-                Err(e) => return Err(e).context("re-reading this node's file"),
-            };
-            for (k, v) in &want {
-                if own.annotations.get(k) != Some(v) && k != &weft(a::DISCOVERED_ENDPOINTS) {
-                    info!(annotation = %k, value = %v, "publishing");
-                }
-            }
-            own.annotations.extend(want);
-            if withdraw_alive && own.annotations.remove(&weft(a::WIREGUARD_ALIVE)).is_some() {
-                info!(
-                    annotation = %weft(a::WIREGUARD_ALIVE),
-                    "withdrawing: no longer leader, and not passed over"
-                );
-            }
-            own.annotations.insert(weft(a::LAST_SEEN), now.to_string());
-            self.backend
-                .write_node(&own)
-                .context("writing this node's file")?;
+        if !(changed || full || no_last_seen) {
+            return Ok(own);
         }
-        Ok(own)
+        for (k, v) in &want {
+            if own.annotations.get(k) != Some(v) && k != &weft(a::DISCOVERED_ENDPOINTS) {
+                info!(annotation = %k, value = %v, "publishing");
+            }
+        }
+        let mut patch: AnnotationPatch = want.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        if withdraw_alive {
+            info!(
+                annotation = %weft(a::WIREGUARD_ALIVE),
+                "withdrawing: no longer leader, and not passed over"
+            );
+            patch.insert(weft(a::WIREGUARD_ALIVE), None);
+        }
+        patch.insert(weft(a::LAST_SEEN), Some(now.to_string()));
+        match self.backend.patch_own_node(&self.hostname, &patch).await {
+            Ok(current) => {
+                if self.state.publish_failing.swap(false, Ordering::Relaxed) {
+                    info!("publishing this node's annotations works again");
+                }
+                Ok(current)
+            }
+            Err(e) => {
+                self.state.metrics.error("publish");
+                if !self.state.publish_failing.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "cannot publish this node's annotations, going on with them locally: {e:#}"
+                    );
+                } else {
+                    debug!("publishing failed again: {e:#}");
+                }
+                crate::backend::apply_patch(&mut own.annotations, &patch);
+                Ok(own)
+            }
+        }
     }
 
     async fn apply(&mut self, topo: &Topology, own: Option<&Node>) -> Result<()> {
@@ -892,6 +1107,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn readiness_clock_stops_during_an_outage() {
+        let stale = |since: i64| Freshness::Stale {
+            since: UNIX_EPOCH + Duration::from_secs(since as u64),
+            reason: "down".into(),
+        };
+        let mut o = Outage::default();
+        assert_eq!(o.readiness_now(1000), 1000);
+        o.update(&stale(1000), 1001);
+        // Stopped at the outage's start however long it lasts.
+        assert_eq!(o.readiness_now(1100), 1000);
+        o.update(&stale(1000), 1100);
+        o.update(&Freshness::Fresh, 1120);
+        // Behind by the 120 s outage and the 30 s catch-up for the catch-up
+        // and one readiness window, then real time.
+        assert_eq!(o.readiness_now(1130), 980);
+        assert_eq!(o.readiness_now(1150), 1000);
+        assert_eq!(o.readiness_now(1209), 1059);
+        assert_eq!(o.readiness_now(1210), 1210);
+        // A second outage soon after the first: the two add up.
+        o.update(&stale(1125), 1126);
+        assert_eq!(o.readiness_now(1150), 975);
+        o.update(&Freshness::Fresh, 1135);
+        assert_eq!(o.readiness_now(1140), 1140 - 190);
+        assert_eq!(o.readiness_now(1224), 1224 - 190);
+        assert_eq!(o.readiness_now(1225), 1225);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
@@ -918,9 +1161,12 @@ mod tests {
         assert_eq!(c.encapsulate, Some(Encapsulate::Always));
         assert_eq!(c.service_cidr.len(), 2);
         assert!(c.clean_up);
-        assert!(
-            Config::try_parse_from(["weft", "--dir", "/d", "--backend", "kubernetes"]).is_err()
-        );
+        let k = Config::try_parse_from(["weft", "--backend", "kubernetes", "--kubeconfig", "/k"])
+            .unwrap();
+        assert_eq!(k.backend, BackendKind::Kubernetes);
+        assert!(Config::try_parse_from(["weft", "--backend", "etcd"]).is_err());
+        let c = Config::try_parse_from(["weft", "clean-up", "--interface", "wg9"]).unwrap();
+        assert!(matches!(c.command, Some(Command::CleanUp(a)) if a.interface == "wg9"));
         assert!(
             Config::try_parse_from(["weft", "--dir", "/d", "--mesh-granularity", "bogus"]).is_err()
         );

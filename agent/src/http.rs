@@ -19,6 +19,10 @@ pub struct State {
     pub graph: RwLock<String>,
     /// Set once the first reconcile succeeded; cleared while reconciles fail.
     pub healthy: std::sync::atomic::AtomicBool,
+    /// Set while the backend is unreachable: why, and for how long.
+    pub stale: RwLock<Option<String>>,
+    /// Whether the last attempt to publish this node's annotations failed.
+    pub publish_failing: std::sync::atomic::AtomicBool,
 }
 
 /// Parses `:1107`, `0.0.0.0:1107` or `[::]:1107`.
@@ -60,14 +64,23 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> Result<()> {
 fn handle<B>(req: &Request<B>, state: &State) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/health" => {
-            if state.healthy.load(std::sync::atomic::Ordering::Relaxed) {
-                (StatusCode::OK, "text/plain", "ok\n".to_string())
-            } else {
+            let stale = state.stale.read().expect("not poisoned").clone();
+            if !state.healthy.load(std::sync::atomic::Ordering::Relaxed) {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not reconciled yet\n".to_string(),
+                    match stale {
+                        Some(s) => format!("not reconciled yet; {s}\n"),
+                        None => "not reconciled yet\n".to_string(),
+                    },
                 )
+            } else if let Some(s) = stale {
+                // Still 200: the datapath forwards on the last topology, and
+                // a liveness probe must not restart every agent of a cluster
+                // whose API server is away.
+                (StatusCode::OK, "text/plain", format!("stale: {s}\n"))
+            } else {
+                (StatusCode::OK, "text/plain", "ok\n".to_string())
             }
         }
         "/metrics" => (
@@ -117,6 +130,9 @@ mod tests {
         assert_eq!(get("/health"), StatusCode::SERVICE_UNAVAILABLE);
         s.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(get("/health"), StatusCode::OK);
+        *s.stale.write().unwrap() = Some("API away".into());
+        let r = handle(&Request::get("/health").body(()).unwrap(), &s);
+        assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(get("/metrics"), StatusCode::OK);
         assert_eq!(get("/graph"), StatusCode::OK);
         assert_eq!(get("/nope"), StatusCode::NOT_FOUND);

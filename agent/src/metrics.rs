@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Leaders of this node's location passed over because they were unhealthy.
     pub failed_over_leaders: Gauge,
     pub leader_failovers: Counter,
+    /// 1 while the backend (API server) is unreachable and the last data stays in force.
+    pub backend_stale: Gauge,
     pub wg_rx_bytes: Family<Labels, Gauge<u64, AtomicU64>>,
     pub wg_tx_bytes: Family<Labels, Gauge<u64, AtomicU64>>,
     pub wg_last_handshake: Family<Labels, Gauge<u64, AtomicU64>>,
@@ -119,6 +121,11 @@ impl Metrics {
             "leader_failovers",
             "Nodes passed over as leaders anywhere in the mesh because their WireGuard was unhealthy (as this agent saw it happen)",
             self.leader_failovers
+        );
+        reg!(
+            "backend_stale",
+            "1 while the backend (API server) is unreachable and the agent runs on its last data",
+            self.backend_stale
         );
         reg!(
             "wireguard_rx_bytes",

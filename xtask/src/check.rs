@@ -1,6 +1,7 @@
-//! `cargo xtask test`: formatting, lints, unit tests, then the privileged
-//! end-to-end tests in network namespaces (every `#[ignore]`d test of the
-//! workspace: they need root and are run one at a time).
+//! `cargo xtask test`: formatting, lints, the manifests' validation, unit
+//! tests, then the privileged end-to-end tests in network namespaces (every
+//! `#[ignore]`d test of the workspace: they need root and are run one at a
+//! time).
 
 use anyhow::{Result, bail};
 use std::process::Command;
@@ -34,6 +35,8 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     ]))?;
     step("clippy (eBPF crate, -D warnings)");
     run(crate::ebpf::nightly_cargo("clippy").args(["--", "-D", "warnings"]))?;
+    step("Kubernetes manifests (strict, Kubernetes 1.20 and current)");
+    crate::manifests::validate()?;
     step("unit tests");
     let mut unit = cargo(&["test", "--workspace", "--exclude", "weft-ebpf"]);
     if let Some(f) = filter {

@@ -5,6 +5,8 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod ebpf;
+pub mod k8s;
+pub mod manifests;
 pub mod mesh;
 pub mod setup;
 pub mod testbed;

@@ -21,6 +21,10 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Write manifests/crds.yaml from the Rust type of `Peer` (CI fails when the committed file differs).
+    Codegen,
+    /// Validate manifests/*.yaml strictly against the Kubernetes schemas (1.20 and current), offline.
+    ValidateManifests,
     /// Run the demo: a mesh of namespace nodes on this machine (no Kubernetes needed).
     Demo {
         /// Keep the cluster running until Ctrl-C instead of tearing it down at once.
@@ -45,10 +49,12 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => xtask::setup::ensure(),
         Cmd::BuildEbpf => {
-            xtask::setup::ensure()?;
+            xtask::setup::ensure_toolchain()?;
             xtask::ebpf::build().map(|_| ())
         }
         Cmd::Test { filter } => xtask::check::test(filter.as_deref()),
+        Cmd::Codegen => xtask::manifests::codegen(),
+        Cmd::ValidateManifests => xtask::manifests::validate(),
         Cmd::Demo { keep } => xtask::demo::run(keep),
         Cmd::Bench(args) => xtask::bench::run_all(&args),
         Cmd::BenchServer(args) => xtask::bench::server(&args),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::k8s::ControlPlane;
 use crate::testbed::{Cluster, ClusterSpec, Daemon, Host, LocationSpec, Node, Pod};
 
 /// The laptop's address inside the mesh (its peer's allowed IP).
@@ -55,14 +56,62 @@ impl Default for MeshOptions {
     }
 }
 
-/// The agents of a test bed and their shared directory.
+/// The agents of a test bed and their backend: a shared directory, or the
+/// test bed's Kubernetes API server.
 pub struct Mesh<'a> {
     pub cluster: &'a Cluster,
-    /// The directory backend: `nodes/`, `peers/`, `settings.yaml`.
+    /// The directory backend: `nodes/`, `peers/`, `settings.yaml` (unused
+    /// with Kubernetes).
     pub dir: PathBuf,
+    /// With the `kubernetes` backend: the API server the agents watch.
+    pub kube: Option<&'a ControlPlane>,
     pub opts: MeshOptions,
     bin: PathBuf,
     agents: BTreeMap<String, Daemon>,
+}
+
+/// A Node object as a cluster would hold it: pod CIDR, the location as the
+/// topology label (no kubelet: created through the API).
+pub fn node_manifest(node: &Node, annotations: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  labels:\n    topology.kubernetes.io/region: {}\n",
+        node.name, node.location
+    );
+    if !annotations.is_empty() {
+        s.push_str("  annotations:\n");
+        for (k, v) in annotations {
+            s.push_str(&format!("    {k}: {v:?}\n"));
+        }
+    }
+    s.push_str(&format!("spec:\n  podCIDR: {}\n", node.pod_cidr));
+    s
+}
+
+/// A `Peer` object of `group` (`weft.dev` or Kilo's `kilo.squat.ai`) with
+/// `spec` (YAML, indented by two).
+pub fn peer_manifest(group: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: {group}/v1alpha1\nkind: Peer\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// The agent flags that stand for `settings.yaml` lines with Kubernetes,
+/// where the agents' flags are the settings (as with Kilo).
+fn settings_flags(settings: &[String]) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    for line in settings.iter().filter(|l| !l.trim().is_empty()) {
+        let (k, v) = line
+            .split_once(':')
+            .with_context(|| format!("settings line {line:?}"))?;
+        let flag = match k.trim() {
+            "granularity" => "--mesh-granularity",
+            "encapsulate" => "--encapsulate",
+            "subnet" => "--subnet",
+            "port" => "--port",
+            other => bail!("no agent flag for the setting {other:?}"),
+        };
+        flags.push(flag.to_string());
+        flags.push(v.trim().to_string());
+    }
+    Ok(flags)
 }
 
 /// The YAML of a node file: pod CIDR, the location as the topology label.
@@ -98,10 +147,76 @@ impl<'a> Mesh<'a> {
         Ok(Mesh {
             cluster,
             dir,
+            kube: None,
             opts,
             bin: bin.to_path_buf(),
             agents: BTreeMap::new(),
         })
+    }
+
+    /// The same mesh with the `kubernetes` backend: installs the CRD and the
+    /// RBAC of `manifests/weft-kubeadm.yaml` (the agents use the
+    /// ServiceAccount's token, so least privilege is what they get) and
+    /// creates a Node object per node of the cluster except `unregistered`.
+    pub fn new_kubernetes(
+        cluster: &'a Cluster,
+        bin: &Path,
+        opts: MeshOptions,
+        cp: &'a ControlPlane,
+        unregistered: &[&str],
+    ) -> Result<Mesh<'a>> {
+        settings_flags(&opts.settings)?;
+        let manifests = crate::util::workspace_root().join("manifests");
+        for f in ["crds.yaml", "weft-kubeadm.yaml"] {
+            let yaml = std::fs::read_to_string(manifests.join(f))
+                .with_context(|| format!("reading manifests/{f}"))?;
+            cp.kubectl_stdin(&["apply", "-f", "-"], &yaml)
+                .with_context(|| format!("applying manifests/{f}"))?;
+        }
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/peers.weft.dev",
+        ])?;
+        let mut mesh = Mesh::new(cluster, bin, opts)?;
+        mesh.kube = Some(cp);
+        for node in cluster
+            .nodes
+            .iter()
+            .filter(|n| !unregistered.contains(&n.name.as_str()))
+        {
+            mesh.register(node, &[])?;
+        }
+        Ok(mesh)
+    }
+
+    /// With Kubernetes: creates (or updates) `node`'s Node object.
+    pub fn register(&self, node: &Node, annotations: &[(&str, &str)]) -> Result<()> {
+        let cp = self
+            .kube
+            .context("register is for the kubernetes backend")?;
+        cp.kubectl_stdin(&["apply", "-f", "-"], &node_manifest(node, annotations))
+            .with_context(|| format!("creating Node {}", node.name))?;
+        Ok(())
+    }
+
+    /// Adds or replaces the external peer `name` with `spec` (YAML indented
+    /// by two): `peers/<name>.yaml`, or a weft.dev `Peer` object.
+    pub fn apply_peer(&self, name: &str, spec: &str) -> Result<()> {
+        match self.kube {
+            Some(cp) => {
+                cp.kubectl_stdin(
+                    &["apply", "-f", "-"],
+                    &peer_manifest("weft.dev", name, spec),
+                )?;
+            }
+            None => std::fs::write(
+                self.dir.join("peers").join(format!("{name}.yaml")),
+                format!("name: {name}\nspec:\n{spec}"),
+            )?,
+        }
+        Ok(())
     }
 
     pub fn node_file(&self, name: &str) -> PathBuf {
@@ -111,26 +226,34 @@ impl<'a> Mesh<'a> {
     /// The agent command for `node`, with the mesh's flags.
     pub fn agent_cmd(&self, node: &Node) -> Command {
         let mut cmd = node.cmd(self.bin.join("weft"));
-        cmd.arg("--dir")
-            .arg(&self.dir)
-            .args([
-                "--hostname",
-                &node.name,
-                "--pod-bridge",
-                "cni0",
-                "--wireguard",
-                "userspace",
-            ])
-            .arg("--state-dir")
-            .arg(&node.state_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:1107",
-                "--resync-period",
-                &self.opts.resync,
-            ])
-            .args(["--leader-health-timeout", &self.opts.leader_health_timeout])
-            .args(&self.opts.agent_flags);
+        match self.kube {
+            Some(cp) => {
+                cmd.args(["--backend", "kubernetes", "--kubeconfig"])
+                    .arg(cp.agent_kubeconfig())
+                    .args(settings_flags(&self.opts.settings).expect("checked in new_kubernetes"));
+            }
+            None => {
+                cmd.arg("--dir").arg(&self.dir);
+            }
+        }
+        cmd.args([
+            "--hostname",
+            &node.name,
+            "--pod-bridge",
+            "cni0",
+            "--wireguard",
+            "userspace",
+        ])
+        .arg("--state-dir")
+        .arg(&node.state_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:1107",
+            "--resync-period",
+            &self.opts.resync,
+        ])
+        .args(["--leader-health-timeout", &self.opts.leader_health_timeout])
+        .args(&self.opts.agent_flags);
         cmd
     }
 
@@ -183,13 +306,24 @@ impl<'a> Mesh<'a> {
         crate::util::output(self.cluster.node(name).cmd("bash").args(["-c", &script]))
     }
 
-    /// `weftctl --dir <dir> ARGS` on the host.
+    /// `weftctl --dir <dir> ARGS` on the host, or with Kubernetes `weftctl
+    /// --kubeconfig <admin> ARGS` on the API server's host.
     pub fn weftctl(&self, args: &[&str]) -> Result<String> {
+        let weftctl = self.bin.join("weftctl");
+        let mut cmd = match self.kube {
+            Some(cp) => {
+                let mut c = cp.host.cmd(&weftctl);
+                c.arg("--kubeconfig").arg(cp.admin_kubeconfig());
+                c
+            }
+            None => {
+                let mut c = Command::new(&weftctl);
+                c.arg("--dir").arg(&self.dir);
+                c
+            }
+        };
         crate::util::output(
-            Command::new(self.bin.join("weftctl"))
-                .arg("--dir")
-                .arg(&self.dir)
-                .args(["--leader-health-timeout", &self.opts.leader_health_timeout])
+            cmd.args(["--leader-health-timeout", &self.opts.leader_health_timeout])
                 .args(args),
         )
     }
@@ -218,10 +352,10 @@ impl<'a> Mesh<'a> {
             .sh(&format!("wg pubkey < {}", key_file.display()))?
             .trim()
             .to_string();
-        std::fs::write(
-            self.dir.join("peers/laptop.yaml"),
-            format!(
-                "name: laptop\nspec:\n  allowedIPs: [\"{LAPTOP_MESH_IP}/32\"]\n  publicKey: {public}\n  persistentKeepalive: 10\n"
+        self.apply_peer(
+            "laptop",
+            &format!(
+                "  allowedIPs: [\"{LAPTOP_MESH_IP}/32\"]\n  publicKey: {public}\n  persistentKeepalive: 10\n"
             ),
         )?;
         let wg = laptop.spawn_logged(

@@ -6,7 +6,10 @@
 //! - `rust-src` for the nightly (eBPF builds `core` from source), from rustup,
 //!   or in CI from the tarball in `../shared/toolchain/` when rustup fails;
 //! - bpf-linker built against the nightly's own libLLVM, installed under
-//!   `target/tools/` (nothing outside the repository but apt and rustup state).
+//!   `target/tools/` (nothing outside the repository but apt and rustup state);
+//! - a real kube-apiserver and kubectl 1.20.2 with etcd, for the end-to-end
+//!   tests ([`crate::k8s::ensure`]: built from Debian's source once, cached in
+//!   `/var/cache/weft/`).
 //!
 //! A second run checks and returns in about a second.
 
@@ -26,6 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "iptables",
     "graphviz",
+    // `python3 -m venv` for the manifests' validator (kubernetes-validate).
+    "python3-venv",
 ];
 
 /// The bpf-linker release that supports LLVM 22 and builds with rustc 1.95.
@@ -45,10 +50,20 @@ pub fn tools_path() -> std::ffi::OsString {
     std::env::join_paths(paths).expect("PATH entries are valid")
 }
 
-/// Entry point of `cargo xtask setup` and the first step of every other task.
+/// Entry point of `cargo xtask setup` and the first step of every task
+/// that runs tests: the toolchain and the Kubernetes control plane's tools.
 pub fn ensure() -> Result<()> {
+    ensure_toolchain()?;
+    crate::k8s::ensure()
+        .map(drop)
+        .context("setting up kube-apiserver (cargo xtask setup)")
+}
+
+/// What building needs, and no more (`cargo xtask build-ebpf`, an image
+/// build): the Debian packages, rust-src and bpf-linker.
+pub fn ensure_toolchain() -> Result<()> {
     (|| {
-        apt_packages()?;
+        apt_install(APT_PACKAGES)?;
         rust_src()?;
         bpf_linker()
     })()
@@ -66,8 +81,10 @@ fn apt_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs those of `packages` that are missing (without recommends); a
+/// no-op, without apt-get, when all are installed.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !apt_installed(p))
@@ -90,7 +107,7 @@ fn apt_packages() -> Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     output(Command::new("id").arg("-u"))
         .map(|s| s.trim() == "0")
         .unwrap_or(false)

@@ -6,7 +6,6 @@ mod common;
 
 use common::{bin_dir, wait_for};
 use nix::sys::signal::Signal;
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use xtask::mesh::{LAPTOP_MESH_IP, Mesh, MeshOptions, host_reaches, node_yaml, ping_once};
 use xtask::testbed::{Cluster, Pod};
@@ -47,24 +46,6 @@ fn pods_except<'c>(cluster: &'c Cluster, nodes: &[&str]) -> Vec<&'c Pod> {
         .pods()
         .filter(|p| !nodes.contains(&p.node.as_str()))
         .collect()
-}
-
-/// With `WEFT_DEBUG_DUMP` set: every agent's log and WireGuard state in
-/// `/tmp/weft-dump-<node>.*`, for debugging.
-fn dump(mesh: &Mesh) {
-    if std::env::var_os("WEFT_DEBUG_DUMP").is_none() {
-        return;
-    }
-    for n in &mesh.cluster.nodes {
-        if let Some(d) = mesh.try_agent(&n.name) {
-            let _ = std::fs::write(format!("/tmp/weft-dump-{}.log", n.name), d.read_log());
-        }
-        let _ = std::fs::write(
-            format!("/tmp/weft-dump-{}.wg", n.name),
-            n.sh("wg show all dump; ip route; ip addr")
-                .unwrap_or_default(),
-        );
-    }
 }
 
 /// Waits until `name`'s agent reports `series` with value `want`.
@@ -416,7 +397,7 @@ fn node_changes_converge_without_restarts() {
         deadline,
     );
     report.push(("remove gcp-1 (gcp's leader)", t.elapsed()));
-    dump(&mesh);
+    common::dump(&mesh);
     std::thread::sleep(2 * resync);
     assert!(
         !mesh.node_file("gcp-1").exists(),
@@ -449,26 +430,6 @@ fn node_changes_converge_without_restarts() {
     }
 }
 
-/// `icmp_seq` of every reply in ping's output, and the number of requests
-/// sent (from its summary).
-fn ping_replies(out: &str) -> (BTreeSet<u32>, Option<u32>) {
-    let seqs = out
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("icmp_seq="))
-                .and_then(|s| s.parse().ok())
-        })
-        .collect();
-    let sent = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|s| s.parse().ok());
-    (seqs, sent)
-}
-
 /// Log lines of `name`'s agent after byte `from`.
 fn log_since(mesh: &Mesh, name: &str, from: usize) -> String {
     let log = mesh.agent(name).read_log();
@@ -488,17 +449,7 @@ fn no_packet_lost_across_resyncs_and_agent_restarts() {
         .unwrap();
     let src = &cluster.node("aws-2").pods[0];
     let dst = cluster.node("gcp-2").pods[0].ip;
-    src.ping(dst, 5).unwrap();
-
-    let ping = src
-        .spawn_logged(
-            src.cmd("ping")
-                .args(["-n", "-i", "0.05"])
-                .arg(dst.to_string()),
-            "ping",
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let ping = common::Pinger::start(src, dst);
 
     // 10 forced full resyncs of every agent, each waited for: they find
     // nothing to change.
@@ -578,31 +529,7 @@ fn no_packet_lost_across_resyncs_and_agent_restarts() {
     }
     std::thread::sleep(Duration::from_secs(3));
 
-    assert!(ping.is_running(), "ping ended early:\n{}", ping.read_log());
-    ping.signal(Signal::SIGINT).unwrap();
-    ping.wait_timeout(Duration::from_secs(10)).unwrap();
-    let out = ping.read_log();
-    let (seqs, sent) = ping_replies(&out);
-    let last = seqs.iter().max().copied().unwrap_or(0);
-    let sent = sent.expect("ping's summary");
-    let lost: Vec<u32> = (1..=last).filter(|s| !seqs.contains(s)).collect();
-    eprintln!(
-        "    {sent} pings sent, {} answered, last answered {last}",
-        seqs.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} pings lost (icmp_seq {:?}); ping's output ends:\n{}",
-        lost.len(),
-        &lost[..lost.len().min(20)],
-        xtask::mesh::tail(&out, 10)
-    );
-    // Only the requests in flight when ping was stopped may be unanswered.
-    assert!(
-        sent.saturating_sub(last) <= 10 && last > 100,
-        "{sent} sent, last answer {last}:\n{}",
-        xtask::mesh::tail(&out, 10)
-    );
+    ping.assert_no_loss();
 }
 
 /// Kills the agent of `name` (kill -9) and then its wireguard-go: the node
@@ -667,7 +594,7 @@ fn leader_failover_when_the_leader_dies() {
         "    aws-2 took over from the dead aws-1 after {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    dump(&mesh);
+    common::dump(&mesh);
     assert_leaders(
         &mesh,
         &["aws-2", "gcp-1", "onprem-1"],
@@ -885,11 +812,7 @@ fn bad_node_input_is_reported_and_the_mesh_keeps_working() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn clean_up_on_exit_leaves_nothing() {
     let cluster = demo_cluster();
-    let rules: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.sh("ip rule show; ip -6 rule show").unwrap())
-        .collect();
+    let rules = common::ip_rules(&cluster);
     let mut mesh = Mesh::new(&cluster, &bin_dir(), MeshOptions::default()).unwrap();
     mesh.start_all().unwrap();
     mesh.wait_full_connectivity(Duration::from_secs(90))
@@ -916,42 +839,6 @@ fn clean_up_on_exit_leaves_nothing() {
             n.name,
             xtask::mesh::tail(&log, 20)
         );
-        let links = n.sh("ip -o link show").unwrap();
-        assert!(!links.contains("weft0"), "{}: {links}", n.name);
-        for family in ["-4", "-6"] {
-            let routes = n
-                .sh(&format!("ip {family} route show table all proto 87"))
-                .unwrap();
-            assert!(routes.trim().is_empty(), "{}: {routes}", n.name);
-        }
-        let rules_after = n.sh("ip rule show; ip -6 rule show").unwrap();
-        assert_eq!(&rules_after, rules_before, "{}: ip rules changed", n.name);
-        assert!(
-            !n.bpffs_dir.join("weft").exists(),
-            "{}: pins left in {}",
-            n.name,
-            n.bpffs_dir.display()
-        );
-        // Programs are global (other nodes' agents still run theirs): look
-        // at what is attached in this node's namespace. (The tc programs
-        // are tcx links, which this bpftool does not list per namespace:
-        // with their pins and every process gone, nothing holds them.)
-        let attached = n.sh("bpftool net show").unwrap();
-        assert!(
-            !attached.lines().any(|l| l.contains(" id ")),
-            "{}: eBPF programs still attached:\n{attached}",
-            n.name
-        );
-        assert_eq!(
-            xtask::mesh::processes_in(&n.netns).unwrap(),
-            "",
-            "{}: processes left in the node namespace",
-            n.name
-        );
-        assert!(
-            !n.run_wireguard_dir.join("weft0.sock").exists(),
-            "{}: WireGuard socket left",
-            n.name
-        );
+        common::assert_nothing_left(n, rules_before);
     }
 }

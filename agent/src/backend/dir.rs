@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 
+use super::{AnnotationPatch, Backend, Change, Event, Freshness, Snapshot};
 use crate::model::{NodeObject, PeerObject, SettingsFile};
 
 pub const NODES_DIR: &str = "nodes";
@@ -54,7 +55,7 @@ pub struct FileError {
 
 /// Everything the directory holds, raw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct Contents {
     /// Sorted by file name.
     pub nodes: Vec<NodeObject>,
     pub peers: Vec<PeerObject>,
@@ -105,7 +106,7 @@ impl DirBackend {
 
     /// Loads every node, peer and the settings. Fails only when the
     /// directory itself, a listing or the settings file is unusable.
-    pub fn load(&self) -> Result<Snapshot, DirError> {
+    pub fn load(&self) -> Result<Contents, DirError> {
         let meta = fs::metadata(&self.root).map_err(|source| DirError::Io {
             path: self.root.clone(),
             source,
@@ -113,9 +114,9 @@ impl DirBackend {
         if !meta.is_dir() {
             return Err(DirError::NotADirectory(self.root.clone()));
         }
-        let mut snap = Snapshot {
+        let mut snap = Contents {
             settings: self.load_settings()?,
-            ..Snapshot::default()
+            ..Contents::default()
         };
         snap.nodes = load_objects(&self.nodes_dir(), &mut snap.errors, |n: &NodeObject| {
             &n.name
@@ -180,6 +181,130 @@ impl DirBackend {
         let path = self.node_path(&node.name);
         write_atomic(&dir, &path, text.as_bytes())?;
         Ok(path)
+    }
+}
+
+/// The directory as a [`Backend`]: loads on demand and watches the
+/// directory with inotify, turning each file event into a typed [`Event`].
+pub struct DirWatch {
+    dir: DirBackend,
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::Receiver<Event>,
+}
+
+impl DirWatch {
+    /// Starts watching `dir` (which must exist).
+    pub fn new(dir: DirBackend) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use notify::Watcher as _;
+        let (tx, events) = tokio::sync::mpsc::channel(256);
+        let root = dir.root().to_path_buf();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let Ok(ev) = ev else { return };
+            if ev.kind.is_access() {
+                return;
+            }
+            for path in &ev.paths {
+                if let Some(e) = event_of(&root, path, &ev.kind) {
+                    // A full queue already holds a change: the next snapshot sees this one too.
+                    let _ = tx.try_send(e);
+                }
+            }
+        })
+        .context("starting the directory watcher")?;
+        watcher
+            .watch(dir.root(), notify::RecursiveMode::Recursive)
+            .with_context(|| format!("watching {}", dir.root().display()))?;
+        Ok(Self {
+            dir,
+            _watcher: watcher,
+            events,
+        })
+    }
+
+    pub fn dir(&self) -> &DirBackend {
+        &self.dir
+    }
+}
+
+/// The event a file event under `root` means, if any (temporary files and
+/// other names are none).
+fn event_of(root: &Path, path: &Path, kind: &notify::EventKind) -> Option<Event> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = rel.iter().filter_map(|p| p.to_str());
+    let first = parts.next()?;
+    if first == SETTINGS_FILE {
+        return Some(Event::Settings);
+    }
+    let file = parts.next()?;
+    if file.starts_with('.') {
+        return None;
+    }
+    let name = file.strip_suffix(EXTENSION)?.to_string();
+    // A rename onto the name is an apply; only a removal or a rename away deletes.
+    let change = if path.exists()
+        || !matches!(
+            kind,
+            notify::EventKind::Remove(_)
+                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+        ) {
+        Change::Applied
+    } else {
+        Change::Deleted
+    };
+    match first {
+        NODES_DIR => Some(Event::Node { name, change }),
+        PEERS_DIR => Some(Event::Peer { name, change }),
+        _ => None,
+    }
+}
+
+impl Backend for DirWatch {
+    fn describe(&self) -> String {
+        format!("directory {}", self.dir.root().display())
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let c = self
+            .dir
+            .load()
+            .map_err(|e| anyhow::anyhow!("reading the directory backend: {e}"))?;
+        Ok(Snapshot {
+            nodes: c.nodes,
+            peers: c.peers,
+            settings: c.settings,
+            errors: c.errors.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    async fn patch_own_node(
+        &self,
+        name: &str,
+        patch: &AnnotationPatch,
+    ) -> anyhow::Result<NodeObject> {
+        // Into the file as it is now: a user's edit made since the last
+        // snapshot is kept, and a removed node is not brought back.
+        let mut own = match self.dir.read_node(name) {
+            Ok(Some(current)) => current,
+            Ok(None) => anyhow::bail!(
+                "{} was removed: this node is no longer part of the mesh",
+                self.dir.node_path(name).display()
+            ),
+            Err(e) => anyhow::bail!("re-reading this node's file: {e}"),
+        };
+        super::apply_patch(&mut own.annotations, patch);
+        self.dir
+            .write_node(&own)
+            .map_err(|e| anyhow::anyhow!("writing this node's file: {e}"))?;
+        Ok(own)
+    }
+
+    fn freshness(&self) -> Freshness {
+        Freshness::Fresh
     }
 }
 
@@ -312,7 +437,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let b = DirBackend::new(tmp.path());
         // An empty directory loads as empty.
-        assert_eq!(b.load().unwrap(), Snapshot::default());
+        assert_eq!(b.load().unwrap(), Contents::default());
         let path = b.write_node(&node("a1")).unwrap();
         assert_eq!(path, tmp.path().join("nodes/a1.yaml"));
         // Only the node file exists: no leftover temporary file.

@@ -17,9 +17,14 @@ use weft::model::{Encapsulate, Granularity, parse_subnet};
     about = "Inspect a weft mesh: its graph, WireGuard configurations and eBPF maps"
 )]
 struct Cli {
-    /// The directory backend's root (holding nodes/, peers/, settings.yaml); needed by graph and showconf.
+    /// The directory backend's root (holding nodes/, peers/, settings.yaml). Without it,
+    /// graph and showconf read the Kubernetes cluster.
     #[arg(long, env = "WEFT_DIR")]
     dir: Option<PathBuf>,
+    /// The cluster's kubeconfig. Default: as kubectl resolves it ($KUBECONFIG,
+    /// ~/.kube/config), else the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG", conflicts_with = "dir")]
+    kubeconfig: Option<PathBuf>,
     /// Leaders whose WireGuard is unhealthy this long are passed over, as the agents do
     /// (use the agents' --leader-health-timeout).
     #[arg(long, default_value = "3m", value_parser = weft::agent::parse_duration)]
@@ -51,6 +56,8 @@ enum Command {
     Showconf(ShowconfArgs),
     /// Print this node's pinned eBPF maps readably (run on the node, as root).
     Bpf(BpfArgs),
+    /// Print the CustomResourceDefinition of `Peer` (manifests/crds.yaml).
+    Crds,
 }
 
 #[derive(Args)]
@@ -122,10 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             BpfWhat::Links => bpf::links(&b.pin_dir),
         };
     }
-    let dir = cli
-        .dir
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--dir (or WEFT_DIR) is needed for graph and showconf"))?;
+    if let Command::Crds = &cli.command {
+        return Ok(weft::backend::kubernetes::crds_yaml());
+    }
     let overrides = Overrides {
         granularity: cli.mesh_granularity,
         subnet: cli.subnet,
@@ -133,13 +139,25 @@ fn run(cli: Cli) -> anyhow::Result<String> {
         topology_label: cli.topology_label,
         encapsulate: cli.encapsulate,
     };
-    let loaded = ctl::load(&dir, &overrides, now(), cli.leader_health_timeout)?;
+    let loaded = match &cli.dir {
+        Some(dir) => ctl::load(dir, &overrides, now(), cli.leader_health_timeout)?,
+        None => {
+            let snap = kubernetes_snapshot(cli.kubeconfig.as_deref())?;
+            ctl::build(
+                snap.0,
+                &snap.1,
+                &overrides,
+                now(),
+                cli.leader_health_timeout,
+            )?
+        }
+    };
     for s in &loaded.skipped {
         eprintln!("weftctl: warning: {s}");
     }
     Ok(match cli.command {
         Command::Graph => ctl::graph::dot(&loaded.mesh),
-        Command::Bpf(_) => unreachable!("handled above"),
+        Command::Bpf(_) | Command::Crds => unreachable!("handled above"),
         Command::Showconf(args) => {
             if !args.allowed_ips.is_empty() && !args.as_peer {
                 anyhow::bail!("--allowed-ips is only valid with --as-peer");
@@ -154,6 +172,26 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 Target::Peer { name } => showconf::peer(&loaded.mesh, &name, &opts)?,
             }
         }
+    })
+}
+
+/// One list of the cluster's Nodes and Peers, and the server's URL.
+fn kubernetes_snapshot(
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<(weft::backend::Snapshot, String)> {
+    use anyhow::Context as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let (client, server) = weft::backend::kubernetes::client(kubeconfig)
+            .await
+            .context("no --dir given, so reading the Kubernetes cluster")?;
+        let snap = weft::backend::kubernetes::list(&client)
+            .await
+            .with_context(|| format!("reading {server}"))?;
+        Ok((snap, server))
     })
 }
 

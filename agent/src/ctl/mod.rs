@@ -15,6 +15,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+use crate::backend::Snapshot;
 use crate::backend::dir::DirBackend;
 use crate::model::{Encapsulate, Granularity, Settings, parse_nodes, parse_peers};
 use crate::topology::Mesh;
@@ -58,22 +59,43 @@ pub struct Loaded {
     pub skipped: Vec<String>,
 }
 
-/// Loads a directory and builds its mesh as of `now` (unix seconds).
-/// Leaders are elected as the agents elect them: with the nodes whose
-/// WireGuard health is stale for `leader_health_timeout` passed over.
+/// Loads a directory and builds its mesh as of `now` (unix seconds); see [`build`].
 pub fn load(
     dir: &Path,
     overrides: &Overrides,
     now: i64,
     leader_health_timeout: std::time::Duration,
 ) -> anyhow::Result<Loaded> {
-    let snap = DirBackend::new(dir).load()?;
+    let c = DirBackend::new(dir).load()?;
+    let snap = Snapshot {
+        nodes: c.nodes,
+        peers: c.peers,
+        settings: c.settings,
+        errors: c.errors.iter().map(ToString::to_string).collect(),
+    };
+    build(
+        snap,
+        &dir.display().to_string(),
+        overrides,
+        now,
+        leader_health_timeout,
+    )
+}
+
+/// Builds the mesh of a backend's snapshot (`source` names it in errors) as
+/// of `now` (unix seconds). Leaders are elected as the agents elect them:
+/// with the nodes whose WireGuard health is stale for
+/// `leader_health_timeout` passed over.
+pub fn build(
+    snap: Snapshot,
+    source: &str,
+    overrides: &Overrides,
+    now: i64,
+    leader_health_timeout: std::time::Duration,
+) -> anyhow::Result<Loaded> {
     let settings = match &snap.settings {
         Some(f) => f.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}",
-                dir.join(crate::backend::dir::SETTINGS_FILE).display()
-            )
+            anyhow::anyhow!("{source}: {}: {e}", crate::backend::dir::SETTINGS_FILE)
         })?,
         None => Settings::default(),
     };
@@ -95,7 +117,7 @@ pub fn load(
     let (peers, peer_errors) = parse_peers(&snap.peers);
     let demoted = crate::health::demoted(&nodes, now, leader_health_timeout.as_secs() as i64);
     let mesh = Mesh::build(&nodes, &peers, &settings, now, &demoted)?;
-    let mut skipped: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+    let mut skipped: Vec<String> = snap.errors;
     skipped.extend(
         node_errors
             .iter()

@@ -26,7 +26,7 @@ pub use endpoint::{
 };
 pub use key::{Key, KeyError, PublicKey};
 pub use node::{Node, NodeObject, NotReady, READY_WINDOW_SECS};
-pub use peer::{DnsOrIp, Peer, PeerEndpoint, PeerObject, PeerSpec};
+pub use peer::{DnsOrIp, Peer, PeerEndpoint, PeerObject, PeerResource, PeerSpec};
 pub use settings::{
     DEFAULT_PORT, DEFAULT_SUBNET, DEFAULT_TOPOLOGY_LABEL, Encapsulate, Granularity, Settings,
     SettingsFile, parse_subnet,

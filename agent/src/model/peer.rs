@@ -1,6 +1,8 @@
 //! External WireGuard peers (a laptop, another cluster): Kilo's `Peer` CRD.
 
 use ipnet::IpNet;
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -17,36 +19,91 @@ pub struct PeerObject {
     pub spec: PeerSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A WireGuard key in the CRD schema: 32 bytes of base64 (44 characters, the
+/// last before `=` one of those whose low 4 bits are zero).
+const KEY_PATTERN: &str = "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$";
+/// An IPv4 or IPv6 CIDR (or bare address) in the CRD schema; the model
+/// parses it exactly, this only rejects what can never be one.
+const CIDR_PATTERN: &str = r"^(([0-9]{1,3}\.){3}[0-9]{1,3}(/([0-9]|[12][0-9]|3[0-2]))?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?)$";
+
+/// The spec of Kilo's `Peer` CRD, field for field; the same type is the
+/// `spec` of a directory backend's `peers/<name>.yaml` and of the `Peer`
+/// objects of groups `weft.dev` and `kilo.squat.ai`. The schema carries what
+/// Kilo's admission webhook checks, so the API server refuses a bad Peer.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "Peer",
+    plural = "peers",
+    singular = "peer",
+    root = "PeerResource",
+    doc = "An external WireGuard peer of the mesh (a laptop, another cluster), as Kilo's Peer.",
+    printcolumn = r#"{"name":"Allowed IPs","type":"string","jsonPath":".spec.allowedIPs"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(transform = require(&["allowedIPs", "publicKey"]))]
 pub struct PeerSpec {
+    /// The addresses the peer may send from and that are routed to it (CIDRs).
     #[serde(rename = "allowedIPs", default)]
+    #[schemars(length(min = 1), inner(regex(pattern = CIDR_PATTERN)))]
     pub allowed_ips: Vec<String>,
+    /// The peer's WireGuard public key (base64).
     #[serde(default)]
+    #[schemars(regex(pattern = KEY_PATTERN))]
     pub public_key: String,
+    /// Where the peer listens; none for a peer behind NAT (the mesh learns its address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<PeerEndpoint>,
+    /// Seconds between keepalives from the mesh to the peer; 0 is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
     pub persistent_keepalive: Option<i64>,
+    /// An optional preshared key (base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = KEY_PATTERN))]
     pub preshared_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = require(&["dnsOrIP", "port"]))]
 pub struct PeerEndpoint {
     #[serde(rename = "dnsOrIP", default)]
     pub dns_or_ip: DnsOrIp,
     #[serde(default)]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A schema transform: `fields` are required and have no default. (The
+/// model's serde defaults let the directory backend report a missing field
+/// as a model error naming the peer; the API server must refuse it.)
+fn require(fields: &'static [&'static str]) -> impl Fn(&mut schemars::Schema) {
+    move |schema| {
+        if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for f in fields {
+                if let Some(p) = props.get_mut(*f).and_then(|p| p.as_object_mut()) {
+                    p.remove("default");
+                }
+            }
+        }
+        schema.insert("required".into(), serde_json::Value::from(fields.to_vec()));
+    }
+}
+
+/// One of a DNS name or an IP address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsOrIp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub dns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2))]
     pub ip: Option<String>,
 }
 

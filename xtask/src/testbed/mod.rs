@@ -23,12 +23,15 @@
 //!   agent makes it so.
 //! - The external host (198.18.0.200) has no route to any pod CIDR; the laptop
 //!   (198.18.0.201) is the external WireGuard peer.
+//! - With `api_server`, the host `k8s` (198.18.0.250) is where
+//!   [`crate::k8s::ControlPlane`] runs etcd and kube-apiserver, like a control
+//!   plane with a public address.
 //!
 //! Every name carries the run's prefix (`wt` + 4 hex digits): namespaces
-//! `<prefix>-inet`, `-ext`, `-laptop`, `-lan-<location>`, `-node-<node>`,
+//! `<prefix>-inet`, `-ext`, `-laptop`, `-k8s`, `-lan-<location>`, `-node-<node>`,
 //! `-pod-<node>-<j>`; directories `/run/weft-testbed/<prefix>/nodes/<node>/`
 //! (`state/`, `cni/`, `log/`, `run-wireguard/` on the node's /run/wireguard,
-//! `bpffs/` a bpffs on its /sys/fs/bpf) and `hosts/laptop/`. Devices are
+//! `bpffs/` a bpffs on its /sys/fs/bpf), `hosts/laptop/` and `hosts/k8s/`. Devices are
 //! created inside the namespaces, never in the host's.
 //!
 //! Teardown (on `teardown()`, on drop, on panic, on SIGINT/SIGTERM/SIGHUP)
@@ -91,6 +94,8 @@ pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const EXTERNAL_HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 /// The laptop, the external WireGuard peer.
 pub const LAPTOP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
+/// The API server's host, when `ClusterSpec::api_server` is set.
+pub const API_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 
 /// The internet segment, 198.18.0.0/24.
 pub fn public_net() -> Ipv4Net {
@@ -141,6 +146,9 @@ pub struct ClusterSpec {
     /// MTU of the pods' veths, both ends (default: 1500). A mesh wants room
     /// for WireGuard (80) and IPIP (20), as the CNI config gives real pods.
     pub pod_mtu: Option<u32>,
+    /// Add the host `k8s` (198.18.0.250) for a Kubernetes control plane; see
+    /// [`crate::k8s::ControlPlane::start`] (default false).
+    pub api_server: bool,
 }
 
 impl Default for ClusterSpec {
@@ -153,6 +161,7 @@ impl Default for ClusterSpec {
             forward_drop: false,
             public_mtu: None,
             pod_mtu: None,
+            api_server: false,
         }
     }
 }
@@ -228,6 +237,8 @@ pub struct Cluster {
     pub external_host: Host,
     /// 198.18.0.201, when `external_peer` is set.
     pub laptop: Option<Host>,
+    /// 198.18.0.250, when `api_server` is set.
+    pub api_server: Option<Host>,
     shared: Arc<Shared>,
 }
 
@@ -286,7 +297,7 @@ pub struct Pod {
 }
 
 /// A namespace on the internet segment: the internet itself, the external
-/// host or the laptop.
+/// host, the laptop or the API server's host.
 #[derive(Clone, Debug)]
 pub struct Host {
     pub name: String,
@@ -294,7 +305,8 @@ pub struct Host {
     pub ip: Ipv4Addr,
     /// The laptop's own /run/wireguard (None for the others).
     pub run_wireguard_dir: Option<PathBuf>,
-    /// The host's directory (laptop: `/run/weft-testbed/<prefix>/hosts/laptop`).
+    /// The host's directory (`/run/weft-testbed/<prefix>/hosts/<name>`; None
+    /// for the internet).
     pub dir: Option<PathBuf>,
     ns: Namespace,
 }
@@ -509,11 +521,16 @@ impl Builder<'_> {
         let mtu = spec.public_mtu;
         let nodes_total: usize = spec.locations.iter().map(|l| l.nodes.len()).sum();
         step(format!(
-            "creating test bed {p} in {}: {} locations, {nodes_total} nodes, {} pods per node{}",
+            "creating test bed {p} in {}: {} locations, {nodes_total} nodes, {} pods per node{}{}",
             root.display(),
             spec.locations.len(),
             spec.pods_per_node,
-            if spec.external_peer { ", laptop" } else { "" }
+            if spec.external_peer { ", laptop" } else { "" },
+            if spec.api_server {
+                ", API server host"
+            } else {
+                ""
+            }
         ));
         // Mount point of the per-node binds; wireguard-go creates it anyway.
         std::fs::create_dir_all("/run/wireguard").context("creating /run/wireguard")?;
@@ -543,6 +560,12 @@ impl Builder<'_> {
         let laptop = if spec.external_peer {
             step("creating the laptop 198.18.0.201");
             Some(self.host("laptop", "laptop", LAPTOP_IP, &inet, true)?)
+        } else {
+            None
+        };
+        let api_server = if spec.api_server {
+            step(format!("creating the API server's host {API_SERVER_IP}"));
+            Some(self.host("k8s", "API server", API_SERVER_IP, &inet, false)?)
         } else {
             None
         };
@@ -587,6 +610,7 @@ impl Builder<'_> {
             internet,
             external_host,
             laptop,
+            api_server,
             shared: self.shared.clone(),
         })
     }

@@ -34,3 +34,144 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A ping every 50 ms from a pod, whose losses are checked at the end.
+pub struct Pinger {
+    ping: xtask::testbed::Daemon,
+}
+
+impl Pinger {
+    /// Starts pinging `dst` from `src` (after 5 pings that must answer).
+    pub fn start(src: &xtask::testbed::Pod, dst: std::net::Ipv4Addr) -> Pinger {
+        src.ping(dst, 5).unwrap();
+        let ping = src
+            .spawn_logged(
+                src.cmd("ping")
+                    .args(["-n", "-i", "0.05"])
+                    .arg(dst.to_string()),
+                "ping",
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        Pinger { ping }
+    }
+
+    /// Stops the ping and fails unless every request before the last
+    /// answered one was answered, and it ran long enough to mean something.
+    pub fn assert_no_loss(self) {
+        let ping = self.ping;
+        assert!(ping.is_running(), "ping ended early:\n{}", ping.read_log());
+        ping.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+        ping.wait_timeout(Duration::from_secs(10)).unwrap();
+        let out = ping.read_log();
+        let (seqs, sent) = ping_replies(&out);
+        let last = seqs.iter().max().copied().unwrap_or(0);
+        let sent = sent.expect("ping's summary");
+        let lost: Vec<u32> = (1..=last).filter(|s| !seqs.contains(s)).collect();
+        eprintln!(
+            "    {sent} pings sent, {} answered, last answered {last}",
+            seqs.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{} pings lost (icmp_seq {:?}); ping's output ends:\n{}",
+            lost.len(),
+            &lost[..lost.len().min(20)],
+            xtask::mesh::tail(&out, 10)
+        );
+        // Only the requests in flight when ping was stopped may be unanswered.
+        assert!(
+            sent.saturating_sub(last) <= 10 && last > 100,
+            "{sent} sent, last answer {last}:\n{}",
+            xtask::mesh::tail(&out, 10)
+        );
+    }
+}
+
+/// The icmp_seq of every reply in ping's output, and how many it sent.
+pub fn ping_replies(out: &str) -> (std::collections::BTreeSet<u32>, Option<u32>) {
+    let seqs = out
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("icmp_seq="))
+                .and_then(|s| s.parse().ok())
+        })
+        .collect();
+    let sent = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|s| s.parse().ok());
+    (seqs, sent)
+}
+
+/// Every node's `ip rule` tables, to compare after a clean-up.
+pub fn ip_rules(cluster: &xtask::testbed::Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| n.sh("ip rule show; ip -6 rule show").unwrap())
+        .collect()
+}
+
+/// No WireGuard device, weft route, changed ip rule, pin, attached program,
+/// process or socket is left in `n` (`rules_before`: its [`ip_rules`]).
+pub fn assert_nothing_left(n: &xtask::testbed::Node, rules_before: &str) {
+    let links = n.sh("ip -o link show").unwrap();
+    assert!(!links.contains("weft0"), "{}: {links}", n.name);
+    for family in ["-4", "-6"] {
+        let routes = n
+            .sh(&format!("ip {family} route show table all proto 87"))
+            .unwrap();
+        assert!(routes.trim().is_empty(), "{}: {routes}", n.name);
+    }
+    let rules_after = n.sh("ip rule show; ip -6 rule show").unwrap();
+    assert_eq!(rules_after, rules_before, "{}: ip rules changed", n.name);
+    assert!(
+        !n.bpffs_dir.join("weft").exists(),
+        "{}: pins left in {}",
+        n.name,
+        n.bpffs_dir.display()
+    );
+    // Programs are global (other nodes' agents may still run theirs): look
+    // at what is attached in this node's namespace. (The tc programs are
+    // tcx links, which this bpftool does not list per namespace: with their
+    // pins and every process gone, nothing holds them.)
+    let attached = n.sh("bpftool net show").unwrap();
+    assert!(
+        !attached.lines().any(|l| l.contains(" id ")),
+        "{}: eBPF programs still attached:\n{attached}",
+        n.name
+    );
+    assert_eq!(
+        xtask::mesh::processes_in(&n.netns).unwrap(),
+        "",
+        "{}: processes left in the node namespace",
+        n.name
+    );
+    assert!(
+        !n.run_wireguard_dir.join("weft0.sock").exists(),
+        "{}: WireGuard socket left",
+        n.name
+    );
+}
+
+/// With `WEFT_DEBUG_DUMP` set: every agent's log and WireGuard state in
+/// `/tmp/weft-dump-<node>.*`, for debugging.
+pub fn dump(mesh: &xtask::mesh::Mesh) {
+    if std::env::var_os("WEFT_DEBUG_DUMP").is_none() {
+        return;
+    }
+    for n in &mesh.cluster.nodes {
+        if let Some(d) = mesh.try_agent(&n.name) {
+            let _ = std::fs::write(format!("/tmp/weft-dump-{}.log", n.name), d.read_log());
+        }
+        let _ = std::fs::write(
+            format!("/tmp/weft-dump-{}.wg", n.name),
+            n.sh("wg show all dump; ip route; ip addr")
+                .unwrap_or_default(),
+        );
+    }
+}
