@@ -1,16 +1,24 @@
 //! `cargo xtask demo`: a weft mesh of namespace nodes on this machine, shown
 //! working: two locations of two nodes, one node alone in a third, two pods
-//! per node, and a laptop joining as an external WireGuard peer.
+//! per node, and a laptop joining as an external WireGuard peer. With
+//! `--kubernetes` the backend is the test bed's real kube-apiserver: Node
+//! and Peer objects instead of the directory.
 
 use anyhow::{Context, Result, ensure};
 use std::time::Duration;
 
+use crate::k8s::ControlPlane;
 use crate::mesh::{Mesh, MeshOptions, host_reaches};
 use crate::testbed::Cluster;
 use crate::util::{output, step, workspace_root};
 
-pub fn run(keep: bool) -> Result<()> {
-    crate::setup::ensure()?;
+pub fn run(keep: bool, kubernetes: bool) -> Result<()> {
+    if kubernetes {
+        crate::setup::ensure()?;
+    } else {
+        // The directory demo needs no API server: skip its one-time build.
+        crate::setup::ensure_toolchain()?;
+    }
     crate::ebpf::build()?;
     step("building the weft binaries");
     crate::util::run(
@@ -20,10 +28,31 @@ pub fn run(keep: bool) -> Result<()> {
     )?;
     crate::testbed::sweep_stale()?;
 
-    let spec = crate::mesh::demo_spec();
+    let mut spec = crate::mesh::demo_spec();
+    spec.api_server = kubernetes;
     let cluster = Cluster::create(&spec)?;
-    let mut mesh = Mesh::new(&cluster, &crate::check::bin_dir(), MeshOptions::default())?;
-    step(format!("directory backend: {}", mesh.dir.display()));
+    let cp = match kubernetes {
+        true => Some(ControlPlane::start(&cluster)?),
+        false => None,
+    };
+    let bin = crate::check::bin_dir();
+    let mut mesh = match &cp {
+        Some(cp) => {
+            let m = Mesh::new_kubernetes(&cluster, &bin, MeshOptions::default(), cp, &[])?;
+            step(format!(
+                "Kubernetes backend: {} (admin kubeconfig {}); the Nodes, created through the API:",
+                cp.url,
+                cp.admin_kubeconfig().display()
+            ));
+            println!("{}", cp.kubectl(&["get", "nodes", "--show-labels"])?);
+            m
+        }
+        None => {
+            let m = Mesh::new(&cluster, &bin, MeshOptions::default())?;
+            step(format!("directory backend: {}", m.dir.display()));
+            m
+        }
+    };
 
     step("starting the weft agent on every node");
     mesh.start_all()?;
@@ -52,6 +81,21 @@ pub fn run(keep: bool) -> Result<()> {
             "    laptop reaches {} ({}, {})",
             pod.ip, node.name, node.location
         );
+    }
+
+    if let Some(cp) = &cp {
+        step("what the agents published on their Nodes (kubectl get nodes)");
+        println!(
+            "{}",
+            cp.kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "custom-columns=NAME:.metadata.name,LOCATION:.metadata.labels.topology\\.kubernetes\\.io/region,ENDPOINT:.metadata.annotations.weft\\.dev/endpoint,INTERNAL-IP:.metadata.annotations.weft\\.dev/internal-ip,WIREGUARD-IP:.metadata.annotations.weft\\.dev/wireguard-ip,KEY:.metadata.annotations.weft\\.dev/key,LAST-SEEN:.metadata.annotations.weft\\.dev/last-seen",
+            ])?
+        );
+        step("the laptop's Peer (kubectl get peers.weft.dev)");
+        println!("{}", cp.kubectl(&["get", "peers.weft.dev", "-o", "wide"])?);
     }
 
     let svg = workspace_root().join("target/demo-mesh.svg");

@@ -30,6 +30,9 @@ enum Cmd {
         /// Keep the cluster running until Ctrl-C instead of tearing it down at once.
         #[arg(long)]
         keep: bool,
+        /// Use a real kube-apiserver (Node and Peer objects) as the backend instead of the directory.
+        #[arg(long)]
+        kubernetes: bool,
     },
     /// Benchmarks: topology computation and the datapath, against Kilo's iptables baseline.
     Bench(xtask::bench::BenchArgs),
@@ -55,7 +58,7 @@ fn main() -> Result<()> {
         Cmd::Test { filter } => xtask::check::test(filter.as_deref()),
         Cmd::Codegen => xtask::manifests::codegen(),
         Cmd::ValidateManifests => xtask::manifests::validate(),
-        Cmd::Demo { keep } => xtask::demo::run(keep),
+        Cmd::Demo { keep, kubernetes } => xtask::demo::run(keep, kubernetes),
         Cmd::Bench(args) => xtask::bench::run_all(&args),
         Cmd::BenchServer(args) => xtask::bench::server(&args),
         Cmd::BenchClient(args) => xtask::bench::client(&args),

@@ -307,6 +307,7 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
         Mesh::new_kubernetes(&cluster, &bin_dir(), MeshOptions::default(), &cp, &[]).unwrap();
     mesh.start_all().unwrap();
     mesh.wait_full_connectivity(WAIT).unwrap();
+    let _dump = common::DumpOnPanic(&mesh);
     let src = &cluster.node("aws-2").pods[0];
     let dst = cluster.node("gcp-2").pods[0].ip;
     let ping = common::Pinger::start(src, dst);
@@ -378,7 +379,6 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
         "no agent saw the 410 Gone of the compaction"
     );
     mesh.check_running().unwrap();
-    common::dump(&mesh);
     ping.assert_no_loss();
 }
 

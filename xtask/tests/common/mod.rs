@@ -175,3 +175,15 @@ pub fn dump(mesh: &xtask::mesh::Mesh) {
         );
     }
 }
+
+/// Dumps (see [`dump`]) when dropped during a panic: a failing test leaves
+/// its agents' logs behind with `WEFT_DEBUG_DUMP` set.
+pub struct DumpOnPanic<'m, 'c>(pub &'m xtask::mesh::Mesh<'c>);
+
+impl Drop for DumpOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump(self.0);
+        }
+    }
+}
