@@ -272,16 +272,7 @@ fn deb_src_entries(sources: &str) -> String {
 /// The source package's `.orig.tar.gz` in `dir` (`<cache>/src`), downloaded
 /// if needed.
 fn download_source(dir: &Path) -> Result<PathBuf> {
-    let find = || -> Option<PathBuf> {
-        std::fs::read_dir(dir)
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("kubernetes_") && n.ends_with(".orig.tar.gz"))
-            })
-    };
+    let find = || crate::util::find_file(dir, "kubernetes_", ".orig.tar.gz");
     if let Some(p) = find() {
         return Ok(p);
     }
@@ -514,6 +505,25 @@ impl ControlPlane {
             started.elapsed().as_secs_f64()
         ));
         Ok(cp)
+    }
+
+    /// Installs the `Peer` CRD of `group` from `manifests/crds.yaml`
+    /// (`kilo.squat.ai`: the same schema in Kilo's group, as a cluster
+    /// coming from Kilo has it) and waits until it is served.
+    pub fn install_peer_crd(&self, group: &str) -> Result<()> {
+        let path = crate::util::workspace_root().join("manifests/crds.yaml");
+        let yaml = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .replace("weft.dev", group);
+        self.kubectl_stdin(&["apply", "-f", "-"], &yaml)
+            .with_context(|| format!("installing the Peer CRD of {group}"))?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/peers.{group}"),
+        ])?;
+        Ok(())
     }
 
     /// Kubeconfig of the admin (group `system:masters`).

@@ -166,19 +166,12 @@ impl<'a> Mesh<'a> {
         unregistered: &[&str],
     ) -> Result<Mesh<'a>> {
         settings_flags(&opts.settings)?;
-        let manifests = crate::util::workspace_root().join("manifests");
-        for f in ["crds.yaml", "weft-kubeadm.yaml"] {
-            let yaml = std::fs::read_to_string(manifests.join(f))
-                .with_context(|| format!("reading manifests/{f}"))?;
-            cp.kubectl_stdin(&["apply", "-f", "-"], &yaml)
-                .with_context(|| format!("applying manifests/{f}"))?;
-        }
-        cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/peers.weft.dev",
-        ])?;
+        cp.install_peer_crd("weft.dev")?;
+        let rbac = crate::util::workspace_root().join("manifests/weft-kubeadm.yaml");
+        let yaml = std::fs::read_to_string(&rbac)
+            .with_context(|| format!("reading {}", rbac.display()))?;
+        cp.kubectl_stdin(&["apply", "-f", "-"], &yaml)
+            .context("applying manifests/weft-kubeadm.yaml")?;
         let mut mesh = Mesh::new(cluster, bin, opts)?;
         mesh.kube = Some(cp);
         for node in cluster

@@ -160,15 +160,11 @@ fn rust_src() -> Result<()> {
 }
 
 fn shared_rust_src_tarball() -> Option<PathBuf> {
-    let dir = workspace_root().join("../shared/toolchain");
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("rust-src-") && n.ends_with(".tar.xz"))
-        })
+    crate::util::find_file(
+        &workspace_root().join("../shared/toolchain"),
+        "rust-src-",
+        ".tar.xz",
+    )
 }
 
 /// The nightly's LLVM major version, from `rustc +nightly -vV`.

@@ -129,17 +129,7 @@ fn mesh_over_the_api_server_follows_nodes_and_peers() {
     });
 
     // A Peer of Kilo's group (its CRD installed, as a Kilo cluster has it) is used.
-    let crds = std::fs::read_to_string(xtask::util::workspace_root().join("manifests/crds.yaml"))
-        .unwrap()
-        .replace("weft.dev", "kilo.squat.ai");
-    cp.kubectl_stdin(&["apply", "-f", "-"], &crds).unwrap();
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/peers.kilo.squat.ai",
-    ])
-    .unwrap();
+    cp.install_peer_crd("kilo.squat.ai").unwrap();
     let kilo_key = laptop
         .sh("wg genkey | wg pubkey")
         .unwrap()
@@ -206,22 +196,14 @@ fn mesh_over_the_api_server_follows_nodes_and_peers() {
     );
 }
 
-/// The CRD's schema refuses what Kilo's webhook refuses.
+/// The CRD's schema refuses what Kilo's webhook refuses; the manifests pass
+/// the API server's validation.
 #[test]
 #[ignore = "needs root and the API server; run by cargo xtask test"]
 fn the_peer_crd_refuses_invalid_peers() {
     let cluster = cluster(ClusterSpec::new(vec![LocationSpec::new("aws", ["a1"])]));
     let cp = ControlPlane::start(&cluster).unwrap();
-    let crds =
-        std::fs::read_to_string(xtask::util::workspace_root().join("manifests/crds.yaml")).unwrap();
-    cp.kubectl_stdin(&["apply", "-f", "-"], &crds).unwrap();
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/peers.weft.dev",
-    ])
-    .unwrap();
+    cp.install_peer_crd("weft.dev").unwrap();
     let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     let apply = |name: &str, spec: &str| {
         cp.kubectl_stdin(
@@ -516,16 +498,7 @@ fn directory_and_kubernetes_give_the_same_topology() {
         std::fs::write(dir.join("nodes").join(format!("{name}.yaml")), yaml).unwrap();
         cp.kubectl_stdin(&["apply", "-f", "-"], &node).unwrap();
     }
-    let crds =
-        std::fs::read_to_string(xtask::util::workspace_root().join("manifests/crds.yaml")).unwrap();
-    cp.kubectl_stdin(&["apply", "-f", "-"], &crds).unwrap();
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/peers.weft.dev",
-    ])
-    .unwrap();
+    cp.install_peer_crd("weft.dev").unwrap();
     let spec = format!(
         "  allowedIPs: [10.5.0.1/32, 10.5.1.0/24]\n  publicKey: {}\n  endpoint: {{dnsOrIP: {{ip: 198.18.0.201}}, port: 51820}}\n  persistentKeepalive: 10\n",
         key()
