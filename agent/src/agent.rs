@@ -550,6 +550,12 @@ impl<B: Backend> Agent<B> {
         let now = unix_now();
         self.note_freshness(now);
         let ready_now = self.outage.readiness_now(now);
+        if !self.backend.synced() {
+            bail!(
+                "waiting for the first list of nodes from {} (the datapath keeps what it had)",
+                self.backend.describe()
+            );
+        }
         let snap = self.backend.snapshot().await?;
         let settings = self.settings(snap.settings.as_ref())?;
         let mut seen = BTreeSet::new();

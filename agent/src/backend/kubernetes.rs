@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -224,30 +224,6 @@ impl KubeBackend {
             tasks,
         }
     }
-
-    /// Waits until the Node list is complete (the first list succeeded).
-    pub async fn wait_synced(&mut self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.nodes.wait_until_ready())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no Node list from the API server within {timeout:?}: {}",
-                    self.failure_text()
-                )
-            })?
-            .context("the Node watcher stopped")
-    }
-
-    fn failure_text(&self) -> String {
-        let f = self.failures.lock().expect("not poisoned");
-        if f.is_empty() {
-            return "no error yet".into();
-        }
-        f.iter()
-            .map(|(w, (_, e))| format!("{w}: {e}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
 }
 
 /// Watches `Peer` objects of `group` once its CRD exists (looked for again
@@ -406,6 +382,14 @@ impl Backend for KubeBackend {
             info!("{} reachable again after {secs} s", self.server);
         }
         Ok(node_object(&node))
+    }
+
+    fn synced(&self) -> bool {
+        // The reflector's store is ready once the first list is complete.
+        self.nodes
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
     }
 
     fn freshness(&self) -> Freshness {

@@ -97,6 +97,12 @@ pub trait Backend: Send + Sync {
 
     /// Whether the data is current.
     fn freshness(&self) -> Freshness;
+
+    /// Whether the first complete list has arrived: before it, a snapshot
+    /// is not the cluster (an empty one would look like every node gone).
+    fn synced(&self) -> bool {
+        true
+    }
 }
 
 /// Applies an annotation patch to a map (the directory backend's way, and
