@@ -221,9 +221,16 @@ impl DirWatch {
             events,
         })
     }
+}
 
-    pub fn dir(&self) -> &DirBackend {
-        &self.dir
+impl From<Contents> for Snapshot {
+    fn from(c: Contents) -> Self {
+        Snapshot {
+            nodes: c.nodes,
+            peers: c.peers,
+            settings: c.settings,
+            errors: c.errors.iter().map(ToString::to_string).collect(),
+        }
     }
 }
 
@@ -269,12 +276,7 @@ impl Backend for DirWatch {
             .dir
             .load()
             .map_err(|e| anyhow::anyhow!("reading the directory backend: {e}"))?;
-        Ok(Snapshot {
-            nodes: c.nodes,
-            peers: c.peers,
-            settings: c.settings,
-            errors: c.errors.iter().map(ToString::to_string).collect(),
-        })
+        Ok(c.into())
     }
 
     async fn next_event(&mut self) -> Option<Event> {

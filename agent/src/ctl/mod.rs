@@ -66,13 +66,7 @@ pub fn load(
     now: i64,
     leader_health_timeout: std::time::Duration,
 ) -> anyhow::Result<Loaded> {
-    let c = DirBackend::new(dir).load()?;
-    let snap = Snapshot {
-        nodes: c.nodes,
-        peers: c.peers,
-        settings: c.settings,
-        errors: c.errors.iter().map(ToString::to_string).collect(),
-    };
+    let snap: Snapshot = DirBackend::new(dir).load()?.into();
     build(
         snap,
         &dir.display().to_string(),
