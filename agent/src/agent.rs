@@ -80,6 +80,17 @@ pub struct Config {
     /// Service CIDR(s), never masqueraded (comma-separated or repeated; added to settings.yaml's).
     #[arg(long, value_delimiter = ',')]
     pub service_cidr: Vec<IpNet>,
+    /// Masquerade, in eBPF: pod traffic leaving the cluster (and external peers' traffic going
+    /// out through this node) gets this node's address. `false`: it leaves with the pod's own
+    /// address, for networks that route the pod CIDRs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+    /// Ports masquerade hands out when a flow cannot keep its own source port (`min-max`).
+    #[arg(long, default_value = "1024-65535", value_parser = parse_port_range)]
+    pub nat_port_range: (u16, u16),
+    /// How often the masquerade table is swept of expired flows.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub nat_gc_interval: Duration,
     /// Only addresses inside these CIDRs count as the node's private IP (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub internal_cidr: Vec<IpNet>,
@@ -182,6 +193,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
+/// Parses a port range `min-max` (inclusive, 1 ≤ min ≤ max).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid port range {s:?}: use e.g. 1024-65535");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -232,6 +257,9 @@ struct Agent<B: Backend> {
     /// `discovered-endpoints` as last read from WireGuard (JSON).
     discovered: String,
     outage: Outage,
+    nat_timeouts: weft_common::nat::Timeouts,
+    /// The device masquerade's FIB lookups are made from (0: the packet's own).
+    fib_ifindex: u32,
 }
 
 /// Backend outages, so that the nodes' `last-seen` and `wireguard-alive`
@@ -357,17 +385,28 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
         demoted: BTreeSet::new(),
         discovered: "{}".to_string(),
         outage: Outage::default(),
+        nat_timeouts: weft_common::nat::Timeouts::default(),
+        fib_ifindex: 0,
     };
     let mut restarts = agent.wg.restarts();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(agent.cfg.resync_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gc_tick = tokio::time::interval(agent.cfg.nat_gc_interval);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(hostname = %agent.hostname, backend = %agent.backend.describe(), "weft started");
     let mut last_error: Option<String> = None;
     loop {
         let full = tokio::select! {
             _ = tick.tick() => true,
+            _ = gc_tick.tick() => {
+                if let Err(e) = agent.nat_gc() {
+                    agent.state.metrics.error("datapath");
+                    warn!("masquerade GC failed: {e:#}");
+                }
+                continue;
+            }
             Some(ev) = agent.backend.next_event() => {
                 // Coalesce a burst of events into one reconcile.
                 let mut full = agent.note_event(&ev);
@@ -895,10 +934,33 @@ impl<B: Backend> Agent<B> {
         if w.total() + w2.total() > 0 {
             info!(routes = ?w, ipip_peers = ?w2, "eBPF maps updated");
         }
+        self.apply_masquerade(topo)?;
         let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
         self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
         let nics: Vec<String> = nic.into_iter().collect();
         self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
+        // Replies to masqueraded flows come back by the device they left
+        // by: any other device with an address gets the reverse translation.
+        let uplinks: Vec<String> = if self.cfg.masquerade {
+            let mut u: Vec<String> = detect::addresses()?
+                .into_iter()
+                .map(|a| a.ifname)
+                .filter(|n| {
+                    n != "lo"
+                        && !nics.contains(n)
+                        && n != &self.cfg.pod_bridge
+                        && n != &self.cfg.interface
+                        && !ports.contains(n)
+                })
+                .collect();
+            u.sort();
+            u.dedup();
+            u
+        } else {
+            Vec::new()
+        };
+        self.datapath
+            .reconcile_hook(Hook::UplinkIngress, &uplinks)?;
         let xdp = match self.cfg.xdp.as_str() {
             "true" => true,
             "false" => false,
@@ -926,6 +988,84 @@ impl<B: Backend> Agent<B> {
             if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
                 info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
             }
+        }
+        Ok(())
+    }
+
+    /// Masquerade's maps: the topology's sources and exemptions (by
+    /// difference) and the settings.
+    fn apply_masquerade(&mut self, topo: &Topology) -> Result<()> {
+        use weft_common::nat::{MASQ_EXEMPT, MASQ_SOURCES, NAT_CONFIG, NAT_DEFAULT_MAX_FLOWS};
+        let v4 = |nets: &[IpNet]| -> Vec<ipnet::Ipv4Net> {
+            nets.iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(v) => Some(*v),
+                    IpNet::V6(_) => None,
+                })
+                .collect()
+        };
+        let sources = if self.cfg.masquerade {
+            v4(&topo.masquerade.sources)
+        } else {
+            Vec::new()
+        };
+        if self.cfg.masquerade {
+            if self.datapath.ensure_lo_forwarding()? {
+                info!(
+                    "net.ipv4.conf.lo.forwarding turned on: masquerade's FIB lookups are made from lo (ip_forward stays as it is)"
+                );
+            }
+            self.fib_ifindex = crate::datapath::LOOPBACK_IFINDEX;
+        } else {
+            self.datapath.restore_lo_forwarding()?;
+            self.fib_ifindex = 0;
+        }
+        let exempt = v4(&topo.masquerade.exempt);
+        let m = &self.state.metrics;
+        let ws = crate::datapath::nat::sync_prefixes(
+            self.datapath.map_mut(MASQ_SOURCES)?,
+            MASQ_SOURCES,
+            &sources,
+        )?;
+        m.map_writes(MASQ_SOURCES, ws.total());
+        let we = crate::datapath::nat::sync_prefixes(
+            self.datapath.map_mut(MASQ_EXEMPT)?,
+            MASQ_EXEMPT,
+            &exempt,
+        )?;
+        m.map_writes(MASQ_EXEMPT, we.total());
+        let settings = crate::datapath::nat::Settings {
+            enabled: self.cfg.masquerade,
+            port_min: self.cfg.nat_port_range.0,
+            port_max: self.cfg.nat_port_range.1,
+            max_flows: NAT_DEFAULT_MAX_FLOWS,
+            fib_ifindex: self.fib_ifindex,
+        };
+        m.nat_max_flows.set(settings.max_flows as i64);
+        let changed =
+            crate::datapath::nat::write_settings(self.datapath.map_mut(NAT_CONFIG)?, &settings)?;
+        if ws.total() + we.total() > 0 || changed {
+            info!(sources = ?ws, exempt = ?we, enabled = settings.enabled, ports = ?self.cfg.nat_port_range, "masquerade updated");
+        }
+        Ok(())
+    }
+
+    /// One pass of the masquerade garbage collector.
+    fn nat_gc(&mut self) -> Result<()> {
+        use weft_common::nat::{NAT_CONFIG, NAT_EGRESS, NAT_INGRESS};
+        let now = crate::datapath::nat::monotonic_ns();
+        let [eg, ing, cfg] = self
+            .datapath
+            .maps_mut([NAT_EGRESS, NAT_INGRESS, NAT_CONFIG])?;
+        let st = crate::datapath::nat::gc(eg, ing, cfg, &self.nat_timeouts, now)?;
+        self.state.metrics.nat_gc(st.live, st.expired, st.orphans);
+        if st.expired + st.orphans > 0 {
+            debug!(
+                live = st.live,
+                expired = st.expired,
+                orphans = st.orphans,
+                "masquerade GC"
+            );
         }
         Ok(())
     }

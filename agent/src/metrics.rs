@@ -43,6 +43,12 @@ pub struct Metrics {
     pub peer_changes: Family<Labels, Counter>,
     /// Routes added and removed by the agent.
     pub route_changes: Family<Labels, Counter>,
+    /// Live masquerade flows (after the last GC).
+    pub nat_flows: Gauge,
+    /// The flow limit above which new flows are refused.
+    pub nat_max_flows: Gauge,
+    /// Masquerade flows the GC removed, by reason (`expired`, `orphan`).
+    pub nat_gc_removed: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -77,6 +83,17 @@ impl Metrics {
         self.wg_last_handshake
             .get_or_create(&k)
             .set(last_handshake_unix);
+    }
+
+    pub fn nat_gc(&self, live: u64, expired: u64, orphans: u64) {
+        self.nat_flows.set(live as i64);
+        for (reason, n) in [("expired", expired), ("orphan", orphans)] {
+            if n > 0 {
+                self.nat_gc_removed
+                    .get_or_create(&l(&[("reason", reason)]))
+                    .inc_by(n);
+            }
+        }
     }
 
     pub fn datapath_counter(&self, name: &str, packets: u64, bytes: u64) {
@@ -121,6 +138,21 @@ impl Metrics {
             "leader_failovers",
             "Nodes passed over as leaders anywhere in the mesh because their WireGuard was unhealthy (as this agent saw it happen)",
             self.leader_failovers
+        );
+        reg!(
+            "nat_flows",
+            "Live masquerade (SNAT) flows after the last garbage collection",
+            self.nat_flows
+        );
+        reg!(
+            "nat_max_flows",
+            "Masquerade flows above which new flows are refused (table pressure = nat_flows / nat_max_flows)",
+            self.nat_max_flows
+        );
+        reg!(
+            "nat_gc_removed",
+            "Masquerade flows removed by the garbage collector, by reason",
+            self.nat_gc_removed
         );
         reg!(
             "backend_stale",

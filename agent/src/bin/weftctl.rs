@@ -82,6 +82,8 @@ enum BpfWhat {
     IpipPeers,
     /// The pinned program attachments.
     Links,
+    /// The live masquerade translations: pod ip:port -> node ip:port -> remote, state, age.
+    Nat,
 }
 
 #[derive(Args)]
@@ -127,6 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             BpfWhat::Pods => bpf::pods(&b.pin_dir),
             BpfWhat::IpipPeers => bpf::ipip_peers(&b.pin_dir),
             BpfWhat::Links => bpf::links(&b.pin_dir),
+            BpfWhat::Nat => bpf::nat(&b.pin_dir),
         };
     }
     if let Command::Crds = &cli.command {

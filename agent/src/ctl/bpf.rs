@@ -117,6 +117,18 @@ pub fn ipip_peers(pin_dir: &Path) -> Result<String> {
     Ok(ips.into_iter().map(|ip| format!("{ip}\n")).collect())
 }
 
+/// `weftctl bpf nat`: the live masquerade translations.
+pub fn nat(pin_dir: &Path) -> Result<String> {
+    use weft_common::nat::{NAT_EGRESS, NAT_INGRESS};
+    let mut eg = Map::LruHashMap(open(pin_dir, NAT_EGRESS)?);
+    let mut ing = Map::LruHashMap(open(pin_dir, NAT_INGRESS)?);
+    let (flows, _) = crate::datapath::nat::read_flows(&mut eg, &mut ing)?;
+    Ok(crate::datapath::nat::format_flows(
+        &flows,
+        crate::datapath::nat::monotonic_ns(),
+    ))
+}
+
 /// `weftctl bpf links`: the pinned program attachments.
 pub fn links(pin_dir: &Path) -> Result<String> {
     let dir = pin_dir.join("links");

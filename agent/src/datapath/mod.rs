@@ -11,6 +11,7 @@
 
 pub mod counters;
 pub mod maps;
+pub mod nat;
 
 use anyhow::{Context, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -29,6 +30,14 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("WEFT_EBPF_OBJE
 /// Default pin directory; `bpftool map dump pinned /sys/fs/bpf/weft/<MAP>` reads it.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/weft";
 
+/// Where `net.ipv4.conf.lo.forwarding` is.
+const LO_FORWARDING: &str = "/proc/sys/net/ipv4/conf/lo/forwarding";
+/// Marker (an empty directory in the pin directory) that the agent turned
+/// `lo` forwarding on, so that clean-up turns it off again.
+const LO_FORWARDING_MARKER: &str = "lo_forwarding_set";
+/// The loopback device's index (always 1).
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// `statfs(2)` magic of a bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -43,14 +52,17 @@ pub enum Hook {
     WgIngress,
     /// XDP on the node's NIC: drops IPIP from outside the location.
     NicXdp,
+    /// tc ingress of the node's other uplinks: replies to masqueraded flows.
+    UplinkIngress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::PodIngress,
         Hook::NicIngress,
         Hook::WgIngress,
         Hook::NicXdp,
+        Hook::UplinkIngress,
     ];
 
     /// The program's name in the eBPF object.
@@ -60,6 +72,7 @@ impl Hook {
             Hook::NicIngress => "weft_nic_ingress",
             Hook::WgIngress => "weft_wg_ingress",
             Hook::NicXdp => "weft_xdp_ipip",
+            Hook::UplinkIngress => "weft_uplink_ingress",
         }
     }
 
@@ -70,6 +83,7 @@ impl Hook {
             Hook::NicIngress => "nic_ingress",
             Hook::WgIngress => "wg_ingress",
             Hook::NicXdp => "nic_xdp",
+            Hook::UplinkIngress => "uplink_ingress",
         }
     }
 
@@ -212,6 +226,28 @@ impl Datapath {
         self.ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))
+    }
+
+    /// Several maps at once (the GC needs three).
+    pub fn maps_mut<const N: usize>(
+        &mut self,
+        names: [&str; N],
+    ) -> Result<[&mut aya::maps::Map; N]> {
+        let mut out: Vec<&mut aya::maps::Map> = Vec::with_capacity(N);
+        let mut found: Vec<(&str, &mut aya::maps::Map)> = self
+            .ebpf
+            .maps_mut()
+            .filter(|(n, _)| names.contains(n))
+            .collect();
+        for name in names {
+            let i = found
+                .iter()
+                .position(|(n, _)| *n == name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))?;
+            out.push(found.swap_remove(i).1);
+        }
+        out.try_into()
+            .map_err(|_| anyhow::anyhow!("map names repeated"))
     }
 
     fn link_pin(&self, hook: Hook, ifname: &str) -> PathBuf {
@@ -408,8 +444,50 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes masquerade's FIB lookups possible with forwarding off.
+    ///
+    /// `bpf_fib_lookup` refuses to look up from a device whose IPv4
+    /// forwarding is off (`BPF_FIB_LKUP_RET_FWD_DISABLED`), and with
+    /// `net.ipv4.ip_forward=0` every device's is. The lookups are made from
+    /// `lo` instead, as for traffic the host sends itself (the kernel's own
+    /// output lookups use `lo` as their input device), which needs
+    /// forwarding on `lo` only: `lo` receives nothing but what this host
+    /// sends to itself, so no packet is kernel-forwarded because of it, and
+    /// `ip_forward` (all devices) stays as it is. Checked on every
+    /// reconcile, since writing `ip_forward` resets every device's setting.
+    /// Returns whether it was turned on now.
+    pub fn ensure_lo_forwarding(&self) -> Result<bool> {
+        let cur = std::fs::read_to_string(LO_FORWARDING)
+            .with_context(|| format!("reading {LO_FORWARDING}"))?;
+        if cur.trim() == "1" {
+            return Ok(false);
+        }
+        let marker = self.pin_dir.join(LO_FORWARDING_MARKER);
+        if !marker.is_dir() {
+            std::fs::create_dir(&marker)
+                .with_context(|| format!("recording {}", marker.display()))?;
+        }
+        std::fs::write(LO_FORWARDING, "1")
+            .with_context(|| format!("writing 1 to {LO_FORWARDING}"))?;
+        Ok(true)
+    }
+
+    /// Turns `lo` forwarding off again if [`Datapath::ensure_lo_forwarding`] turned it on.
+    pub fn restore_lo_forwarding(&self) -> Result<()> {
+        let marker = self.pin_dir.join(LO_FORWARDING_MARKER);
+        if !marker.is_dir() {
+            return Ok(());
+        }
+        std::fs::write(LO_FORWARDING, "0")
+            .with_context(|| format!("writing 0 to {LO_FORWARDING}"))?;
+        std::fs::remove_dir(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        info!("net.ipv4.conf.lo.forwarding turned off again (masquerade off)");
+        Ok(())
+    }
+
     /// Removes every program, link and pin: nothing of the datapath is left.
     pub fn clean_up(mut self) -> Result<()> {
+        self.restore_lo_forwarding()?;
         for (hook, ifname) in self.pinned_attachments()? {
             self.detach(hook, &ifname)?;
         }

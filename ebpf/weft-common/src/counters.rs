@@ -68,6 +68,31 @@ pub enum Counter {
     XdpPass = 22,
     /// XDP on the NIC: IPIP from a source not in `WEFT_IPIP_PEERS`, dropped.
     XdpDropIpipUnknownSource = 23,
+    /// Masquerade: a packet source-NATed to the node's address and sent out
+    /// of the egress device the FIB chose.
+    NatSnat = 24,
+    /// Masquerade: new flows (both NAT entries written).
+    NatNewFlow = 25,
+    /// Masquerade: a reply translated back to the pod (or external peer).
+    NatReverse = 26,
+    /// Masquerade: an ICMP error about a translated flow, translated back
+    /// with its inner header.
+    NatIcmpError = 27,
+    /// Dropped: a new flow found no free port.
+    NatAllocFailed = 28,
+    /// Dropped: a new flow while the NAT table is at its flow limit.
+    NatTableFull = 29,
+    /// Passed to the stack: masqueraded traffic the FIB cannot forward from
+    /// here (no route, local, needs fragmentation, forwarding disabled).
+    NatPassFib = 30,
+    /// Passed to the stack: masqueraded traffic that cannot be translated
+    /// (fragments, IP options, protocols other than TCP, UDP and ICMP echo).
+    NatPassUnsupported = 31,
+    /// Dropped: rewriting a packet for NAT failed halfway.
+    NatRewriteFailed = 32,
+    /// Packets seen by `weft_uplink_ingress` (ingress of the other devices
+    /// masqueraded traffic leaves by).
+    UplinkIngressSeen = 33,
 }
 
 impl Counter {
@@ -97,6 +122,16 @@ impl Counter {
         Counter::HeaderPushFailed,
         Counter::XdpPass,
         Counter::XdpDropIpipUnknownSource,
+        Counter::NatSnat,
+        Counter::NatNewFlow,
+        Counter::NatReverse,
+        Counter::NatIcmpError,
+        Counter::NatAllocFailed,
+        Counter::NatTableFull,
+        Counter::NatPassFib,
+        Counter::NatPassUnsupported,
+        Counter::NatRewriteFailed,
+        Counter::UplinkIngressSeen,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -126,6 +161,16 @@ impl Counter {
             Counter::HeaderPushFailed => "header_push_failed",
             Counter::XdpPass => "xdp_pass",
             Counter::XdpDropIpipUnknownSource => "xdp_drop_ipip_unknown_source",
+            Counter::NatSnat => "nat_snat",
+            Counter::NatNewFlow => "nat_new_flow",
+            Counter::NatReverse => "nat_reverse",
+            Counter::NatIcmpError => "nat_icmp_error",
+            Counter::NatAllocFailed => "nat_alloc_failed",
+            Counter::NatTableFull => "nat_table_full",
+            Counter::NatPassFib => "nat_pass_fib",
+            Counter::NatPassUnsupported => "nat_pass_unsupported",
+            Counter::NatRewriteFailed => "nat_rewrite_failed",
+            Counter::UplinkIngressSeen => "uplink_ingress_seen",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`csum`]: the IPv4 header checksum, full and incremental (RFC 1624).
 //! - [`ipip`]: the outer header of IPv4-in-IPv4 encapsulation.
 //! - [`route`]: the forwarding decision of each program.
+//! - [`nat`]: masquerade: flow keys, NAT entries, port choice, TCP state, expiry.
 //!
 //! The code must stay usable from eBPF: no allocation, no panics reachable
 //! from the functions the programs call (fixed-size arrays, checked lengths).
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod csum;
 pub mod ipip;
 pub mod maps;
+pub mod nat;
 pub mod packet;
 pub mod route;
 

@@ -76,7 +76,7 @@ pub fn pkt_type(ctx: &TcContext) -> u32 {
 
 /// `skb->gso_size`: non-zero for a GSO/GRO super-packet.
 #[inline(always)]
-fn gso_size(ctx: &TcContext) -> u32 {
+pub fn gso_size(ctx: &TcContext) -> u32 {
     // SAFETY: as above.
     unsafe { (*ctx.skb.skb).gso_size }
 }
@@ -96,7 +96,7 @@ fn redirect(ifindex: u32) -> i32 {
 /// `bpf_redirect_neigh` to `ifindex`, through `nexthop` or, without one, the
 /// kernel's route lookup for the destination.
 #[inline(always)]
-fn redirect_neigh(ifindex: u32, nexthop: Option<[u8; 4]>) -> i32 {
+pub fn redirect_neigh(ifindex: u32, nexthop: Option<[u8; 4]>) -> i32 {
     match nexthop {
         Some(nh) => {
             // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
@@ -130,7 +130,7 @@ pub fn push_eth(ctx: &TcContext) -> Result<(), ()> {
 
 /// Decrements the TTL of the IPv4 header at `ETH_HLEN` (checksum updated incrementally).
 #[inline(always)]
-fn ttl_decrement(ctx: &TcContext) -> Result<(), ()> {
+pub fn ttl_decrement(ctx: &TcContext) -> Result<(), ()> {
     let p = tc_ptr::<EthIpv4>(ctx, 0).ok_or(())?;
     // SAFETY: bounds checked by tc_ptr; no other reference to these bytes exists.
     weft_common::csum::decrement_ttl(unsafe { &mut (*p).ip });

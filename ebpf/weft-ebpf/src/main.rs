@@ -8,14 +8,17 @@
 //! | `weft_pod_ingress` | tc classifier | ingress of every host-side pod veth |
 //! | `weft_nic_ingress` | tc classifier | ingress of the NIC |
 //! | `weft_wg_ingress` | tc classifier | ingress of the WireGuard device |
+//! | `weft_uplink_ingress` | tc classifier | ingress of the other devices masqueraded traffic leaves by |
 //! | `weft_xdp_ipip` | XDP | the NIC |
 #![no_std]
 #![no_main]
 
 mod fwd;
 mod maps;
+mod nat;
 mod nic;
 mod pod;
+mod uplink;
 mod wg;
 mod xdp;
 

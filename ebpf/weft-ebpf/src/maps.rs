@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use weft_common::{
     counters::{COUNTER_SLOTS, Counter, CounterValue},
@@ -12,6 +12,7 @@ use weft_common::{
         IPIP_PEERS_MAX_ENTRIES, PODS_MAX_ENTRIES, PodEndpoint, ROUTES_MAX_ENTRIES, Route,
         RouteAction,
     },
+    nat::{FlowKey, MASQ_PREFIXES_MAX_ENTRIES, NAT_MAX_ENTRIES, NatConfig, NatEgress, NatIngress},
 };
 
 /// `WEFT_ROUTES`: LPM trie, key `Key<[u8; 4]>` (prefix length, IPv4 destination in
@@ -38,6 +39,37 @@ pub static WEFT_IPIP_PEERS: HashMap<[u8; 4], u32> = HashMap::pinned(IPIP_PEERS_M
 /// Written by every program; read by the agent (`/metrics`) and `weftctl bpf counters`.
 #[map]
 pub static WEFT_COUNTERS: PerCpuArray<CounterValue> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// `WEFT_MASQ_SOURCES`: LPM trie, key `Key<[u8; 4]>` source prefix → `u32` (1).
+/// Written by the agent (the topology's masquerade sources: this node's pod
+/// CIDR, external peers' allowed IPs); read by the programs that masquerade.
+#[map]
+pub static WEFT_MASQ_SOURCES: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MASQ_PREFIXES_MAX_ENTRIES, 0);
+
+/// `WEFT_MASQ_EXEMPT`: LPM trie, key `Key<[u8; 4]>` destination prefix → `u32` (1).
+/// Written by the agent (the topology's exemptions); a destination in it keeps
+/// the pod's address.
+#[map]
+pub static WEFT_MASQ_EXEMPT: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MASQ_PREFIXES_MAX_ENTRIES, 0);
+
+/// `WEFT_NAT_EGRESS`: LRU hash, key [`FlowKey`] as the pod sent it → [`NatEgress`]
+/// (the node address and port it leaves with). Written by the programs for
+/// new flows; the agent's GC deletes expired ones.
+#[map]
+pub static WEFT_NAT_EGRESS: LruHashMap<FlowKey, NatEgress> = LruHashMap::pinned(NAT_MAX_ENTRIES, 0);
+
+/// `WEFT_NAT_INGRESS`: LRU hash, key [`FlowKey`] of the replies as they arrive
+/// → [`NatIngress`] (the pod address and port they go back to). Written with
+/// `WEFT_NAT_EGRESS`; its keys are the allocated (node address, port) pairs.
+#[map]
+pub static WEFT_NAT_INGRESS: LruHashMap<FlowKey, NatIngress> =
+    LruHashMap::pinned(NAT_MAX_ENTRIES, 0);
+
+/// `WEFT_NAT_CONFIG`: array of one [`NatConfig`]. Written by the agent (on,
+/// port range, flow limit, the flow count of each GC pass); the programs add
+/// one to `flows` per new flow.
+#[map]
+pub static WEFT_NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
 
 /// Adds one packet of `len` bytes to counter `c` on this CPU.
 #[inline(always)]
@@ -94,4 +126,10 @@ pub fn learn_pod(ip: [u8; 4], seen: PodEndpoint) -> bool {
 #[inline(always)]
 pub fn is_ipip_peer(ip: [u8; 4]) -> bool {
     WEFT_IPIP_PEERS.get_ptr(ip).is_some()
+}
+
+/// Whether `ip` is in an LPM trie of prefixes.
+#[inline(always)]
+pub fn in_prefixes(map: &LpmTrie<[u8; 4], u32>, ip: [u8; 4]) -> bool {
+    map.get(Key::new(32, ip)).is_some()
 }

@@ -4,6 +4,8 @@
 //! - IPIP from a node in `WEFT_IPIP_PEERS`: the outer header is removed and the
 //!   inner packet handled as below; IPIP from anyone else is dropped (the
 //!   rule of `weft_xdp_ipip`, which drops it earlier where attached).
+//! - A reply to a masqueraded flow (or an ICMP error about one) is
+//!   translated back first ([`crate::nat::reverse`]), then routed as below.
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (learned pod →
 //!   `bpf_redirect_peer`, Local → the bridge, WireGuard → the WireGuard
 //!   device, node routes and the rest → the stack).
@@ -23,6 +25,7 @@ use weft_common::{
 use crate::{
     fwd::{EthIpv4, PACKET_HOST, execute, ingress_ifindex, pkt_type, tc_ptr},
     maps::{count, is_ipip_peer, lookup_pod, lookup_route},
+    nat,
 };
 
 #[classifier]
@@ -61,6 +64,11 @@ pub fn weft_nic_ingress(ctx: TcContext) -> i32 {
             Ok(inner) => ip = inner,
             Err(verdict) => return verdict,
         }
+    }
+    match nat::reverse(&ctx, &ip) {
+        Ok(Some(translated)) => ip = translated,
+        Ok(None) => {}
+        Err(()) => return TC_ACT_SHOT,
     }
     let facts = PacketFacts {
         ingress_ifindex: ingress_ifindex(&ctx),

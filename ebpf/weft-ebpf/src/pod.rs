@@ -8,7 +8,8 @@
 //! - ARP and IPv4: learn the sender into `WEFT_PODS` (when new or changed).
 //! - Not IPv4: `TC_ACT_OK`.
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
-//!   [`crate::fwd::execute`].
+//!   [`crate::fwd::execute`]; without a route (leaving the cluster), masqueraded
+//!   by [`crate::nat`] unless exempt.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -16,12 +17,13 @@ use weft_common::{
     counters::Counter,
     maps::PodEndpoint,
     packet::{ARP_IPV4_LEN, ArpFacts, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthFacts, Ipv4Facts},
-    route::{Hook, PacketFacts, decide},
+    route::{Action, Hook, PacketFacts, decide},
 };
 
 use crate::{
     fwd::{EthIpv4, execute, ingress_ifindex, tc_ptr},
     maps::{count, learn_pod, lookup_pod, lookup_route},
+    nat::{self, Outcome},
 };
 
 /// An Ethernet header followed by an Ethernet/IPv4 ARP body.
@@ -78,6 +80,18 @@ fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
         dst: ip.dst,
     };
     let d = decide(Hook::Pod, &facts, lookup_pod(ip.dst), lookup_route);
+    if d.action == Action::Pass && d.counter == Counter::PassNoRoute {
+        // Leaving the cluster: masqueraded unless exempt.
+        let p = nat::plan(ctx, &ip, ETH_HLEN, ifindex);
+        match p.outcome {
+            Outcome::NotOurs => {}
+            Outcome::Pass => {
+                count(p.counter, len);
+                return TC_ACT_OK;
+            }
+            Outcome::Translate => return nat::snat(ctx, &p),
+        }
+    }
     // Routed into a pod: the new source is the gateway MAC the pod sent to.
     execute(ctx, &d, &ip, eth.dst)
 }

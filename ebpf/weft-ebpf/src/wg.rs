@@ -6,7 +6,9 @@
 //!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
 //!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
 //!   pod → `bpf_redirect_peer`, Local → the bridge, Node/NodeIpip → out of the
-//!   NIC, WireGuard and no route → the stack.
+//!   NIC, WireGuard and no route → the stack, except what an external peer
+//!   sends out of the cluster: masqueraded by [`crate::nat`] (Ethernet header
+//!   pushed once the translation is certain).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -23,6 +25,7 @@ use weft_common::{
 use crate::{
     fwd::{PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
     maps::{count, lookup_pod, lookup_route},
+    nat::{self, Outcome},
 };
 
 #[classifier]
@@ -53,6 +56,21 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
     };
     let d = decide(Hook::WireGuard, &facts, lookup_pod(ip.dst), lookup_route);
     if d.action == Action::Pass {
+        if d.counter == Counter::PassNoRoute {
+            // An external peer (a laptop) going to the internet through this node.
+            let p = nat::plan(&ctx, &ip, 0, facts.ingress_ifindex);
+            if p.outcome == Outcome::Translate {
+                if push_eth(&ctx).is_err() {
+                    count(Counter::HeaderPushFailed, len);
+                    return TC_ACT_SHOT;
+                }
+                return nat::snat(&ctx, &p);
+            }
+            if p.outcome == Outcome::Pass {
+                count(p.counter, len);
+                return TC_ACT_OK;
+            }
+        }
         count(d.counter, len);
         return TC_ACT_OK;
     }

@@ -1,0 +1,65 @@
+//! `weft_uplink_ingress`: tc ingress of the node's uplinks other than the NIC
+//! (the devices masqueraded traffic may leave by, e.g. a public interface).
+//!
+//! - A reply to a masqueraded flow, or an ICMP error about one: translated
+//!   back ([`crate::nat::reverse`]) and routed to the pod or external peer
+//!   with [`weft_common::route::decide`] as on the NIC.
+//! - Anything else: `TC_ACT_UNSPEC`, untouched: this device is not ours,
+//!   other programs on the hook and the stack see it as if we were not here.
+//!   No other traffic is routed from here, so nothing from outside reaches
+//!   a pod that it could not reach without Weft.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
+use weft_common::{
+    counters::Counter,
+    packet::{ETH_P_IP, EthFacts, Ipv4Facts},
+    route::{Hook, PacketFacts, decide},
+};
+
+use crate::{
+    fwd::{EthIpv4, PACKET_HOST, execute, ingress_ifindex, pkt_type, tc_ptr},
+    maps::{count, lookup_pod, lookup_route},
+    nat,
+};
+
+#[classifier]
+pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    count(Counter::UplinkIngressSeen, len);
+    let Some(p) = tc_ptr::<EthIpv4>(&ctx, 0) else {
+        count(Counter::PassNotIpv4, len);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
+    let (Ok(eth), Ok(ip)) = (
+        EthFacts::parse(unsafe { &(*p).eth }),
+        Ipv4Facts::parse(unsafe { &(*p).ip }),
+    ) else {
+        count(Counter::PassNotIpv4, len);
+        return TC_ACT_UNSPEC;
+    };
+    if eth.ethertype != ETH_P_IP || pkt_type(&ctx) != PACKET_HOST {
+        count(Counter::PassNotOurs, len);
+        return TC_ACT_UNSPEC;
+    }
+    let ip = match nat::reverse(&ctx, &ip) {
+        Ok(Some(translated)) => translated,
+        Ok(None) => {
+            count(Counter::PassNotOurs, len);
+            return TC_ACT_UNSPEC;
+        }
+        Err(()) => return TC_ACT_SHOT,
+    };
+    let facts = PacketFacts {
+        ingress_ifindex: ingress_ifindex(&ctx),
+        dst_mac: eth.dst,
+        ttl: ip.ttl,
+        dst: ip.dst,
+    };
+    let d = decide(Hook::Nic, &facts, lookup_pod(ip.dst), lookup_route);
+    execute(&ctx, &d, &ip, eth.dst)
+}
