@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod k8s;
 pub mod manifests;
 pub mod mesh;
+pub mod probe;
 pub mod setup;
 pub mod testbed;
 pub mod util;

@@ -42,6 +42,9 @@ enum Cmd {
     /// Datapath bench: the request/response client (run inside a pod).
     #[command(hide = true)]
     BenchClient(xtask::bench::rr::ClientArgs),
+    /// Masquerade tests: servers and clients run inside the test bed (see xtask/src/probe.rs).
+    #[command(hide = true)]
+    NatProbe(xtask::probe::ProbeArgs),
     /// Test-bed self-test: build a small cluster, print `READY <prefix>`, wait for a signal.
     #[command(hide = true)]
     TestbedHold,
@@ -62,6 +65,7 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => xtask::bench::run_all(&args),
         Cmd::BenchServer(args) => xtask::bench::server(&args),
         Cmd::BenchClient(args) => xtask::bench::client(&args),
+        Cmd::NatProbe(args) => xtask::probe::run(&args),
         Cmd::TestbedHold => xtask::testbed::hold(),
     }
 }

@@ -28,6 +28,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iperf3",
     "iptables",
+    // The masquerade tests look for NAT rules and conntrack entries with them;
+    // the masquerade bench compares against an nftables set.
+    "nftables",
+    "conntrack",
     "graphviz",
     // `python3 -m venv` for the manifests' validator (kubernetes-validate).
     "python3-venv",

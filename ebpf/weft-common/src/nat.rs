@@ -253,8 +253,9 @@ pub struct Timeouts {
     pub tcp_established: u64,
     /// TCP, not answered yet (SYN sent).
     pub tcp_syn: u64,
-    /// TCP after FIN both ways or an RST: long enough for the last ACK and
-    /// retransmitted FINs.
+    /// TCP after FIN both ways or an RST: a moment for the last ACK. Not
+    /// longer: a closed flow's port is free for the next, and what still
+    /// comes late (a retransmitted FIN) starts a flow that keeps its port.
     pub tcp_closed: u64,
     /// UDP, one way only.
     pub udp: u64,
@@ -265,11 +266,12 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
-        // Conntrack's defaults, except TCP established (5 days there).
+        // Conntrack's defaults, except TCP established (5 days there) and
+        // closed (10 s there, plus 120 s of TIME_WAIT).
         Timeouts {
             tcp_established: 86_400,
             tcp_syn: 60,
-            tcp_closed: 10,
+            tcp_closed: 1,
             udp: 30,
             udp_stream: 120,
             icmp: 30,
@@ -463,8 +465,8 @@ mod tests {
         let s = 1_000_000_000u64;
         // Table: (protocol, state, idle seconds) → expired.
         for (proto, state, idle, want) in [
-            (IPPROTO_TCP, FlowState::Closed, 9, false),
-            (IPPROTO_TCP, FlowState::Closed, 11, true),
+            (IPPROTO_TCP, FlowState::Closed, 0, false),
+            (IPPROTO_TCP, FlowState::Closed, 2, true),
             (IPPROTO_TCP, FlowState::New, 59, false),
             (IPPROTO_TCP, FlowState::New, 61, true),
             (IPPROTO_TCP, FlowState::Established, 3600, false),

@@ -129,6 +129,13 @@ pub fn assert_nothing_left(n: &xtask::testbed::Node, rules_before: &str) {
     }
     let rules_after = n.sh("ip rule show; ip -6 rule show").unwrap();
     assert_eq!(rules_after, rules_before, "{}: ip rules changed", n.name);
+    // Masquerade turns lo forwarding on where it was off (see weft's
+    // datapath); clean-up turns it off again: back to what ip_forward gave it.
+    let fwd = n
+        .sh("sysctl -n net.ipv4.conf.lo.forwarding net.ipv4.ip_forward")
+        .unwrap();
+    let fwd: Vec<&str> = fwd.split_whitespace().collect();
+    assert_eq!(fwd[0], fwd[1], "{}: lo forwarding left changed", n.name);
     assert!(
         !n.bpffs_dir.join("weft").exists(),
         "{}: pins left in {}",
@@ -186,4 +193,20 @@ impl Drop for DumpOnPanic<'_, '_> {
             dump(self.0);
         }
     }
+}
+
+/// The xtask binary cargo built for these tests (its hidden subcommands,
+/// e.g. `nat-probe`, run inside the test bed's namespaces).
+pub fn xtask_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xtask"))
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it (hex).
+pub fn sha256(path: &std::path::Path) -> String {
+    let out = xtask::util::output(std::process::Command::new("sha256sum").arg(path))
+        .unwrap_or_else(|e| panic!("sha256sum {}: {e:#}", path.display()));
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("sha256sum {}: no output", path.display()))
+        .to_string()
 }
