@@ -1188,6 +1188,7 @@ fn masquerade_to_the_internet() {
     let (opts, gc_interval) = mesh_opts();
     let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
     add_allowed_location_ip(&cluster, &mesh);
+    let rules = common::ip_rules(&cluster);
     mesh.start_all().unwrap();
     let _dump = DumpOnPanic(&mesh);
     mesh.wait_full_connectivity(Duration::from_secs(90))
@@ -1223,6 +1224,11 @@ fn masquerade_to_the_internet() {
     assert_no_conntrack(&nodes, &format!("dst={EXT}"));
     assert_no_kernel_forwarding(&cluster);
     mesh.check_running().unwrap();
+    eprintln!("==> 6. clean-up leaves nothing (lo forwarding off again)");
+    for (n, rules_before) in cluster.nodes.iter().zip(&rules) {
+        mesh.agent(&n.name).stop(Duration::from_secs(30)).unwrap();
+        common::assert_nothing_left(n, rules_before);
+    }
     eprintln!("    took {:.1} s", started.elapsed().as_secs_f64());
 }
 
