@@ -28,8 +28,6 @@ const GATEWAY: [u8; 4] = [198, 18, 7, 254];
 const LAPTOP: [u8; 4] = [10, 5, 0, 1];
 const SERVICE: [u8; 4] = [10, 96, 0, 10];
 const PORTS: (u16, u16) = (20000, 20099);
-/// `TC_ACT_UNSPEC` (-1) as the test run reports it.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -418,7 +416,7 @@ fn replies_and_icmp_errors_go_back_to_the_pod() {
             assert_eq!(r.ret, TC_ACT_UNSPEC);
             assert_eq!(r.out, to_host(&pkt), "unchanged");
             let r = dp.tc(NIC_PROG, &to_host(&pkt), NIC);
-            assert_eq!(r.ret, TC_ACT_OK, "the NIC passes it to the stack");
+            assert_eq!(r.ret, TC_ACT_UNSPEC, "the NIC leaves it to the stack");
         }
     });
 }
@@ -499,7 +497,7 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
             let r = dp.tc(POD_PROG, &frame, VETH_A);
             assert_eq!(
                 (r.ret, &r.out),
-                (TC_ACT_OK, &frame),
+                (TC_ACT_UNSPEC, &frame),
                 "{what}: passed unchanged"
             );
             assert_counted(
@@ -513,7 +511,7 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
         sh(&["ip", "route", "del", "default"]);
         let frame = from_pod(&tcp(POD_A, OUTSIDE, 40000, 80, 2), MAC_A);
         let r = dp.tc(POD_PROG, &frame, VETH_A);
-        assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame), "no route");
+        assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame), "no route");
         // Masquerade off: as before it existed.
         sh(&[
             "ip",
@@ -528,7 +526,7 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
         set_config(&mut dp, 0, 1000);
         let c0 = dp.counts();
         let r = dp.tc(POD_PROG, &frame, VETH_A);
-        assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame), "masquerade off");
+        assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame), "masquerade off");
         assert_counted(
             &c0,
             &dp.counts(),

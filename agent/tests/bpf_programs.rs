@@ -42,7 +42,7 @@ fn pod_ingress_learns_the_source_of_ipv4_once() {
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, OUTSIDE, 17, 64));
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
-    assert_eq!(r.ret, TC_ACT_OK);
+    assert_eq!(r.ret, TC_ACT_UNSPEC);
     assert_eq!(r.out, frame, "passed unchanged");
     assert_eq!(dp.pod(POD_A), Some(learned(VETH_A, MAC_A)));
     let c1 = dp.counts();
@@ -86,7 +86,7 @@ fn pod_ingress_learns_the_sender_of_arp() {
     let frame = arp(MAC_B, POD_B, [10, 244, 1, 1]);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_B);
-    assert_eq!(r.ret, TC_ACT_OK);
+    assert_eq!(r.ret, TC_ACT_UNSPEC);
     assert_eq!(r.out, frame);
     assert_eq!(dp.pod(POD_B), Some(learned(VETH_B, MAC_B)));
     assert_counted(
@@ -265,7 +265,7 @@ fn pod_ingress_leaves_unlearned_local_pods_to_the_bridge() {
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, POD_NEW, 6, 64));
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
-    assert_eq!(r.ret, TC_ACT_OK);
+    assert_eq!(r.ret, TC_ACT_UNSPEC);
     assert_eq!(r.out, frame);
     assert_counted(
         &c0,
@@ -286,7 +286,7 @@ fn pod_ingress_passes_ttl_1_to_the_stack() {
         let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, dst, 1, 1));
         let c0 = dp.counts();
         let r = dp.tc(POD_PROG, &frame, VETH_A);
-        assert_eq!(r.ret, TC_ACT_OK, "the stack sends ICMP time exceeded");
+        assert_eq!(r.ret, TC_ACT_UNSPEC, "the stack sends ICMP time exceeded");
         assert_eq!(r.out, frame, "TTL untouched");
         assert_eq!(
             dp.counts()[Counter::PassTtlExpired as usize].packets
@@ -303,7 +303,7 @@ fn pod_ingress_passes_non_ipv4_and_malformed() {
     let v6 = eth(GW_MAC, MAC_A, ETH_P_IPV6, &[0x60; 60]);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &v6, VETH_A);
-    assert_eq!((r.ret, &r.out), (TC_ACT_OK, &v6));
+    assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &v6));
     assert_counted(
         &c0,
         &dp.counts(),
@@ -315,7 +315,7 @@ fn pod_ingress_passes_non_ipv4_and_malformed() {
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &bad);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
-    assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame));
+    assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame));
     assert_counted(
         &c0,
         &dp.counts(),
@@ -329,7 +329,7 @@ fn pod_ingress_passes_non_ipv4_and_malformed() {
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &bad);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
-    assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame));
+    assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame));
     assert_counted(
         &c0,
         &dp.counts(),
@@ -462,7 +462,7 @@ fn nic_ingress_passes_node_routes_no_route_ttl_1_and_other_hosts_frames() {
     for (frame, why) in cases {
         let c0 = dp.counts();
         let r = dp.tc(NIC_PROG, &frame, NIC);
-        assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame), "{why:?}");
+        assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame), "{why:?}");
         assert_counted(&c0, &dp.counts(), &[(Counter::NicIngressSeen, 1), (why, 1)]);
     }
 }
@@ -539,7 +539,7 @@ fn nic_ingress_decapsulates_ipip_from_a_peer_and_delivers() {
     );
     let c0 = dp.counts();
     let r = dp.tc(NIC_PROG, &frame, NIC);
-    assert_eq!(r.ret, TC_ACT_OK);
+    assert_eq!(r.ret, TC_ACT_UNSPEC);
     assert_eq!(&r.out[14..], &inner[..], "inner packet untouched");
     assert_counted(
         &c0,
@@ -585,7 +585,7 @@ fn nic_ingress_drops_ipip_from_strangers() {
     );
     let c0 = dp.counts();
     let r = dp.tc(NIC_PROG, &frame, NIC);
-    assert_eq!((r.ret, &r.out), (TC_ACT_OK, &frame));
+    assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame));
     assert_counted(
         &c0,
         &dp.counts(),
@@ -695,7 +695,7 @@ fn wg_ingress_passes_wireguard_routes_no_route_ttl_1_and_non_ipv4() {
     for (pkt, why) in cases {
         let c0 = dp.counts();
         let r = dp.tc(WG_PROG, &pkt, WG);
-        assert_eq!((r.ret, &r.out), (TC_ACT_OK, &pkt), "{why:?}");
+        assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &pkt), "{why:?}");
         assert_counted(&c0, &dp.counts(), &[(Counter::WgIngressSeen, 1), (why, 1)]);
     }
 }

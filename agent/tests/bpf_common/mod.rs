@@ -15,7 +15,9 @@ use weft::datapath::EBPF_OBJECT;
 use weft_common::counters::{Counter, CounterValue};
 use weft_common::maps::{self, IPIP_PEER, PodEndpoint, Route, route_key};
 
-pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1, TCX_NEXT) as the test run reports it: what the
+/// programs return for a packet they leave to the next program and the stack.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 pub const XDP_DROP: u32 = 1;

@@ -6,8 +6,8 @@ use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_redir_neigh,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh,
     },
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_head},
     programs::TcContext,
@@ -21,6 +21,12 @@ use weft_common::{
 };
 
 use crate::maps::count;
+
+/// The verdict for a packet Weft leaves alone (`TC_ACT_UNSPEC`, which TCX
+/// calls `TCX_NEXT`): the next program on the hook sees it, then the stack.
+/// `TC_ACT_OK` would end the chain there, hiding the packet from whatever
+/// else is attached after Weft (another CNI, a monitoring tool).
+pub const PASS: i32 = TC_ACT_UNSPEC;
 
 /// `AF_INET`, the family of an IPv4 next hop for `bpf_redirect_neigh`.
 const AF_INET: u32 = 2;
@@ -185,7 +191,7 @@ pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) 
     match d.action {
         Action::Pass => {
             count(d.counter, len);
-            TC_ACT_OK
+            PASS
         }
         Action::SwitchToPod => {
             count(d.counter, len);
@@ -194,7 +200,7 @@ pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) 
         Action::DeliverToPod => {
             let Some(p) = tc_ptr::<EthIpv4>(ctx, 0) else {
                 count(Counter::Malformed, len);
-                return TC_ACT_OK;
+                return PASS;
             };
             // SAFETY: bounds checked by tc_ptr; no other reference to these bytes exists.
             let h = unsafe { &mut *p };
@@ -225,7 +231,7 @@ pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) 
 fn routed(ctx: &TcContext, d: &Decision, len: u32, then: impl FnOnce(&TcContext) -> i32) -> i32 {
     if ttl_decrement(ctx).is_err() {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     }
     let verdict = then(ctx);
     if verdict != TC_ACT_SHOT {

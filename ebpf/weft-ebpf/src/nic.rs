@@ -1,6 +1,6 @@
 //! `weft_nic_ingress`: tc ingress of the node's NIC (the one with its private IP).
 //!
-//! - Not IPv4, or not addressed to this host's MAC: `TC_ACT_OK`.
+//! - Not IPv4, or not addressed to this host's MAC: [`PASS`](crate::fwd::PASS).
 //! - IPIP from a node in `WEFT_IPIP_PEERS`: the outer header is removed and the
 //!   inner packet handled as below; IPIP from anyone else is dropped (the
 //!   rule of `weft_xdp_ipip`, which drops it earlier where attached).
@@ -11,7 +11,7 @@
 //!   device, node routes and the rest → the stack).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     macros::classifier,
     programs::TcContext,
 };
@@ -23,7 +23,7 @@ use weft_common::{
 };
 
 use crate::{
-    fwd::{EthIpv4, PACKET_HOST, execute, ingress_ifindex, pkt_type, tc_ptr},
+    fwd::{EthIpv4, PACKET_HOST, PASS, execute, ingress_ifindex, pkt_type, tc_ptr},
     maps::{count, is_ipip_peer, lookup_pod, lookup_route},
     nat,
 };
@@ -34,26 +34,26 @@ pub fn weft_nic_ingress(ctx: TcContext) -> i32 {
     count(Counter::NicIngressSeen, len);
     let Some(p) = tc_ptr::<EthIpv4>(&ctx, 0) else {
         count(Counter::PassNotIpv4, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let Ok(eth) = EthFacts::parse(unsafe { &(*p).eth }) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     if eth.ethertype != ETH_P_IP {
         count(Counter::PassNotIpv4, len);
-        return TC_ACT_OK;
+        return PASS;
     }
     if pkt_type(&ctx) != PACKET_HOST {
         // Flooded or promiscuous frames for other hosts are not ours to route.
         count(Counter::PassNotForHost, len);
-        return TC_ACT_OK;
+        return PASS;
     }
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let Ok(mut ip) = Ipv4Facts::parse(unsafe { &(*p).ip }) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     if ip.is_ipip() {
         if !is_ipip_peer(ip.src) {
@@ -91,11 +91,11 @@ fn decap(ctx: &TcContext, outer: &Ipv4Facts) -> Result<Ipv4Facts, i32> {
     // Outer header length is 20..=60 (checked by the parser); the inner header follows.
     let Ok(inner) = ctx.load::<[u8; IPV4_HLEN]>(ETH_HLEN + (outer_len & 0x3c)) else {
         count(Counter::Malformed, len);
-        return Err(TC_ACT_OK);
+        return Err(PASS);
     };
     let Ok(facts) = Ipv4Facts::parse(&inner) else {
         count(Counter::Malformed, len);
-        return Err(TC_ACT_OK);
+        return Err(PASS);
     };
     if ctx
         .adjust_room(-((outer_len & 0x3c) as i32), BPF_ADJ_ROOM_MAC, 0)

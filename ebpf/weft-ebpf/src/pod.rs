@@ -6,12 +6,12 @@
 //! FORWARD), and tells us which veth and MAC each pod IP lives behind.
 //!
 //! - ARP and IPv4: learn the sender into `WEFT_PODS` (when new or changed).
-//! - Not IPv4: `TC_ACT_OK`.
+//! - Not IPv4: [`PASS`](crate::fwd::PASS).
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
 //!   [`crate::fwd::execute`]; without a route (leaving the cluster), masqueraded
 //!   by [`crate::nat`] unless exempt.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use weft_common::{
     counters::Counter,
@@ -21,7 +21,7 @@ use weft_common::{
 };
 
 use crate::{
-    fwd::{EthIpv4, execute, ingress_ifindex, tc_ptr},
+    fwd::{EthIpv4, PASS, execute, ingress_ifindex, tc_ptr},
     maps::{count, learn_pod, lookup_pod, lookup_route},
     nat::{self, Outcome},
 };
@@ -39,23 +39,23 @@ pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
     count(Counter::PodIngressSeen, len);
     let Some(eth) = tc_ptr::<[u8; ETH_HLEN]>(&ctx, 0) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let Ok(eth) = EthFacts::parse(unsafe { &*eth }) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     match eth.ethertype {
         ETH_P_IP => ipv4(&ctx, &eth, len),
         ETH_P_ARP => {
             learn_from_arp(&ctx);
             count(Counter::PassNotIpv4, len);
-            TC_ACT_OK
+            PASS
         }
         _ => {
             count(Counter::PassNotIpv4, len);
-            TC_ACT_OK
+            PASS
         }
     }
 }
@@ -64,12 +64,12 @@ pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
 fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
     let Some(p) = tc_ptr::<EthIpv4>(ctx, 0) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let Ok(ip) = Ipv4Facts::parse(unsafe { &(*p).ip }) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     let ifindex = ingress_ifindex(ctx);
     learn(ctx, ip.src, PodEndpoint::new(ifindex, eth.src));
@@ -87,7 +87,7 @@ fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
             Outcome::NotOurs => {}
             Outcome::Pass => {
                 count(p.counter, len);
-                return TC_ACT_OK;
+                return PASS;
             }
             Outcome::Translate => return nat::snat(ctx, &p),
         }

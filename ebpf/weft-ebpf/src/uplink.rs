@@ -4,16 +4,12 @@
 //! - A reply to a masqueraded flow, or an ICMP error about one: translated
 //!   back ([`crate::nat::reverse`]) and routed to the pod or external peer
 //!   with [`weft_common::route::decide`] as on the NIC.
-//! - Anything else: `TC_ACT_UNSPEC`, untouched: this device is not ours,
+//! - Anything else: [`PASS`](crate::fwd::PASS) (`TC_ACT_UNSPEC`), untouched: this device is not ours,
 //!   other programs on the hook and the stack see it as if we were not here.
 //!   No other traffic is routed from here, so nothing from outside reaches
 //!   a pod that it could not reach without Weft.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use weft_common::{
     counters::Counter,
     packet::{ETH_P_IP, EthFacts, Ipv4Facts},
@@ -21,7 +17,7 @@ use weft_common::{
 };
 
 use crate::{
-    fwd::{EthIpv4, PACKET_HOST, execute, ingress_ifindex, pkt_type, tc_ptr},
+    fwd::{EthIpv4, PACKET_HOST, PASS, execute, ingress_ifindex, pkt_type, tc_ptr},
     maps::{count, lookup_pod, lookup_route},
     nat,
 };
@@ -32,7 +28,7 @@ pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
     count(Counter::UplinkIngressSeen, len);
     let Some(p) = tc_ptr::<EthIpv4>(&ctx, 0) else {
         count(Counter::PassNotIpv4, len);
-        return TC_ACT_UNSPEC;
+        return PASS;
     };
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let (Ok(eth), Ok(ip)) = (
@@ -40,17 +36,17 @@ pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
         Ipv4Facts::parse(unsafe { &(*p).ip }),
     ) else {
         count(Counter::PassNotIpv4, len);
-        return TC_ACT_UNSPEC;
+        return PASS;
     };
     if eth.ethertype != ETH_P_IP || pkt_type(&ctx) != PACKET_HOST {
         count(Counter::PassNotOurs, len);
-        return TC_ACT_UNSPEC;
+        return PASS;
     }
     let ip = match nat::reverse(&ctx, &ip) {
         Ok(Some(translated)) => translated,
         Ok(None) => {
             count(Counter::PassNotOurs, len);
-            return TC_ACT_UNSPEC;
+            return PASS;
         }
         Err(()) => return TC_ACT_SHOT,
     };

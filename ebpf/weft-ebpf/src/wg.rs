@@ -1,7 +1,7 @@
 //! `weft_wg_ingress`: tc ingress of the WireGuard device (an L3 TUN: packets
 //! start at the IP header, no Ethernet header).
 //!
-//! - Not IPv4: `TC_ACT_OK`.
+//! - Not IPv4: [`PASS`](crate::fwd::PASS).
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::WireGuard`]. Anything
 //!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
 //!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
@@ -10,11 +10,7 @@
 //!   sends out of the cluster: masqueraded by [`crate::nat`] (Ethernet header
 //!   pushed once the translation is certain).
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
 use weft_common::{
     counters::Counter,
@@ -23,7 +19,7 @@ use weft_common::{
 };
 
 use crate::{
-    fwd::{PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
+    fwd::{PASS, PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
     maps::{count, lookup_pod, lookup_route},
     nat::{self, Outcome},
 };
@@ -34,18 +30,18 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
     count(Counter::WgIngressSeen, len);
     let Some(p) = tc_ptr::<[u8; IPV4_HLEN]>(&ctx, 0) else {
         count(Counter::Malformed, len);
-        return TC_ACT_OK;
+        return PASS;
     };
     // SAFETY: bounds checked by tc_ptr; read-only copy of the header fields.
     let ip = match Ipv4Facts::parse(unsafe { &*p }) {
         Ok(ip) => ip,
         Err(ParseError::NotIpv4) => {
             count(Counter::PassNotIpv4, len);
-            return TC_ACT_OK;
+            return PASS;
         }
         Err(_) => {
             count(Counter::Malformed, len);
-            return TC_ACT_OK;
+            return PASS;
         }
     };
     let facts = PacketFacts {
@@ -68,11 +64,11 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
             }
             if p.outcome == Outcome::Pass {
                 count(p.counter, len);
-                return TC_ACT_OK;
+                return PASS;
             }
         }
         count(d.counter, len);
-        return TC_ACT_OK;
+        return PASS;
     }
     if push_eth(&ctx).is_err() {
         count(Counter::HeaderPushFailed, len);
