@@ -8,6 +8,8 @@
 //! 1. From every pod of every node, ping, TCP and UDP reach the external
 //!    host (198.18.0.200, no route to any pod CIDR), which sees the node's
 //!    public address; a 2 MiB file crosses both ways with the same SHA-256.
+//! 1b. The laptop (external peer) going to the external host through aws's
+//!    leader is masqueraded to the leader's address and gets its answers.
 //! 2. Exempt destinations see the pod's own address: pods of other nodes
 //!    and locations, the laptop (external WireGuard peer) and an allowed
 //!    location IP of aws.
@@ -23,6 +25,7 @@
 //!    a TCP flow lowers the pod's path MTU.
 //! 5. No iptables (nft or legacy) NAT rule in any node namespace, no
 //!    conntrack entry for the masqueraded flows, kernel forwarding still off.
+//! 6. Clean-up leaves nothing behind (lo forwarding off again).
 
 mod common;
 
@@ -1164,6 +1167,59 @@ fn pmtu_lowered(bed: &Bed, pod: &Pod, tcp: bool) {
     d.stop(Duration::from_secs(5)).unwrap();
 }
 
+/// The laptop (an external WireGuard peer) sends its traffic for the
+/// external host through aws's leader, as a road warrior with a default
+/// route into the mesh would: the leader masquerades it, the external host
+/// sees the leader's public address, and the answers come back to the
+/// laptop through WireGuard.
+fn laptop_goes_out_through_a_leader(bed: &Bed) {
+    let cluster = bed.cluster;
+    let laptop = cluster.laptop.as_ref().expect("laptop");
+    // The peer that carries aws's pod CIDR is aws's leader.
+    let aws_cidr = cluster.node("aws-1").pod_cidr.to_string();
+    let dump = laptop.sh("wg show wg0 allowed-ips").unwrap();
+    let (key, ips) = dump
+        .lines()
+        .find_map(|l| {
+            let (k, ips) = l.split_once('\t')?;
+            ips.contains(&aws_cidr)
+                .then(|| (k.to_string(), ips.replace(' ', ",")))
+        })
+        .unwrap_or_else(|| panic!("no laptop peer for {aws_cidr}:\n{dump}"));
+    laptop
+        .sh(&format!(
+            "wg set wg0 peer {key} allowed-ips {ips},{EXT}/32 && ip route add {EXT}/32 dev wg0 src {LAPTOP_MESH_IP}"
+        ))
+        .unwrap();
+    let aws: Vec<Ipv4Addr> = ["aws-1", "aws-2"]
+        .iter()
+        .map(|n| cluster.node(n).public_ip)
+        .collect();
+    let to = bed.ext_addr(PORT);
+    wait_for(
+        "the laptop's ping through the mesh",
+        Duration::from_secs(20),
+        || laptop.ping(EXT, 1).ok(),
+    );
+    let mark = bed.ext.mark();
+    probe(
+        laptop.namespace(),
+        &["tcp", "--to", &to.to_string(), "--mode", "echo"],
+    )
+    .unwrap_or_else(|e| panic!("TCP from the laptop to {to} through the mesh: {e:#}"));
+    let seen = bed.ext.wait_new(mark, "tcp-accept", to.port(), 1)[0].addr("peer");
+    assert!(
+        aws.contains(seen.ip()),
+        "the laptop's TCP through aws's leader arrived from {seen}, not from an aws node {aws:?}"
+    );
+    laptop
+        .sh(&format!(
+            "ip route del {EXT}/32 dev wg0 && wg set wg0 peer {key} allowed-ips {ips}"
+        ))
+        .unwrap();
+    eprintln!("    the laptop through aws's leader: seen as {}", seen.ip());
+}
+
 /// Check 5: no netfilter NAT anywhere on the nodes.
 fn no_netfilter_nat(cluster: &Cluster) {
     let mut looked = BTreeSet::new();
@@ -1205,6 +1261,7 @@ fn masquerade_to_the_internet() {
 
     eprintln!("==> 1. every node's pods reach the external host as their node");
     egress_to_the_external_host(&bed);
+    laptop_goes_out_through_a_leader(&bed);
     eprintln!("==> 2. exempt destinations see the pod's address");
     exempt_destinations_keep_the_pod_address(&bed);
     eprintln!("==> 3. 5,000 concurrent connections, the same source ports in three pods");
