@@ -462,13 +462,14 @@ impl Datapath {
         if cur.trim() == "1" {
             return Ok(false);
         }
+        std::fs::write(LO_FORWARDING, "1").with_context(|| {
+            format!("writing 1 to {LO_FORWARDING} (a read-only /proc/sys in an unprivileged container? set it on the host, or keep ip_forward=1 as Kubernetes nodes have it)")
+        })?;
         let marker = self.pin_dir.join(LO_FORWARDING_MARKER);
         if !marker.is_dir() {
             std::fs::create_dir(&marker)
                 .with_context(|| format!("recording {}", marker.display()))?;
         }
-        std::fs::write(LO_FORWARDING, "1")
-            .with_context(|| format!("writing 1 to {LO_FORWARDING}"))?;
         Ok(true)
     }
 
