@@ -8,7 +8,7 @@
 //! 1. From every pod of every node, ping, TCP and UDP reach the external
 //!    host (198.18.0.200, no route to any pod CIDR), which sees the node's
 //!    public address; a 2 MiB file crosses both ways with the same SHA-256.
-//! 1b. The laptop (external peer) going to the external host through aws's
+//!    The laptop (external peer) going to the external host through aws's
 //!    leader is masqueraded to the leader's address and gets its answers.
 //! 2. Exempt destinations see the pod's own address: pods of other nodes
 //!    and locations, the laptop (external WireGuard peer) and an allowed
