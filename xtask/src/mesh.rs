@@ -68,6 +68,8 @@ pub struct Mesh<'a> {
     pub opts: MeshOptions,
     bin: PathBuf,
     agents: BTreeMap<String, Daemon>,
+    /// The nodes of this mesh ([`Mesh::start_all`] starts these).
+    members: Vec<String>,
 }
 
 /// A Node object as a cluster would hold it: pod CIDR, the location as the
@@ -132,13 +134,28 @@ pub fn node_yaml(node: &Node, annotations: &[(&str, &str)]) -> String {
 impl<'a> Mesh<'a> {
     /// Writes the directory backend for `cluster` (agents not started yet).
     pub fn new(cluster: &'a Cluster, bin: &Path, opts: MeshOptions) -> Result<Mesh<'a>> {
-        let dir = cluster.dir.join("mesh");
+        let all: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        Mesh::new_of(cluster, bin, opts, "mesh", &all)
+    }
+
+    /// A mesh of only the nodes `members` of `cluster`, with its own
+    /// directory backend `<cluster.dir>/<name>`: two such meshes on one test
+    /// bed are two clusters on one internet (Kilo's multi-cluster guide).
+    pub fn new_of(
+        cluster: &'a Cluster,
+        bin: &Path,
+        opts: MeshOptions,
+        name: &str,
+        members: &[&str],
+    ) -> Result<Mesh<'a>> {
+        let dir = cluster.dir.join(name);
         std::fs::create_dir_all(dir.join("nodes"))?;
         std::fs::create_dir_all(dir.join("peers"))?;
         let mut settings = opts.settings.join("\n");
         settings.push('\n');
         std::fs::write(dir.join("settings.yaml"), settings)?;
-        for node in &cluster.nodes {
+        for m in members {
+            let node = cluster.node(m);
             std::fs::write(
                 dir.join("nodes").join(format!("{}.yaml", node.name)),
                 node_yaml(node, &[]),
@@ -151,6 +168,7 @@ impl<'a> Mesh<'a> {
             opts,
             bin: bin.to_path_buf(),
             agents: BTreeMap::new(),
+            members: members.iter().map(|m| m.to_string()).collect(),
         })
     }
 
@@ -258,9 +276,10 @@ impl<'a> Mesh<'a> {
         Ok(())
     }
 
+    /// Starts the agent of every node of the mesh.
     pub fn start_all(&mut self) -> Result<()> {
-        for n in &self.cluster.nodes {
-            self.start(&n.name.clone())?;
+        for n in self.members.clone() {
+            self.start(&n)?;
         }
         Ok(())
     }

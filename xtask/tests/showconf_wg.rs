@@ -444,7 +444,6 @@ fn weftctl_errors_are_one_line_and_fail() {
     let cases: &[(&[&str], &str)] = &[
         (&["showconf", "node", "nope"], "no node named \"nope\""),
         (&["showconf", "peer", "nope"], "no peer named \"nope\""),
-        (&["showconf", "node", "eu-2"], "not the leader"),
         (
             &["showconf", "node", "eu-1", "--allowed-ips", "10.9.0.0/16"],
             "only valid with --as-peer",
@@ -464,6 +463,41 @@ fn weftctl_errors_are_one_line_and_fail() {
         assert!(
             err.starts_with("weftctl: error: ") && err.contains(want),
             "{args:?}: {err:?}"
+        );
+    }
+    // A non-leader, as kgctl: a note on stderr, nothing on stdout, success.
+    for extra in [&[][..], &["--as-peer", "-o", "yaml"]] {
+        let out = Command::new(&bin)
+            .arg("--dir")
+            .arg(&dir)
+            .args(["showconf", "node", "eu-2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+        assert_eq!(err.lines().count(), 1, "{extra:?}: {err:?}");
+        assert!(
+            err.starts_with("weftctl: node \"eu-2\" is not a leader node") && err.contains("eu-1"),
+            "{err:?}"
+        );
+    }
+    // No ready node: a failure, as kgctl's.
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    for args in [["showconf", "node", "eu-1"], ["showconf", "peer", "laptop"]] {
+        let out = Command::new(&bin)
+            .arg("--dir")
+            .arg(&empty)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?}");
+        assert!(
+            err.starts_with("weftctl: error: no ready node in "),
+            "{err:?}"
         );
     }
     // A directory that is not there.

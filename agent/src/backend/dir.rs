@@ -182,6 +182,55 @@ impl DirBackend {
         write_atomic(&dir, &path, text.as_bytes())?;
         Ok(path)
     }
+
+    /// One peer's file, if present and valid.
+    pub fn read_peer(&self, name: &str) -> Result<Option<PeerObject>, FileError> {
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        let path = self.peer_path(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => parse_object(&path, &text, |p: &PeerObject| &p.name).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FileError {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Writes `peers/<name>.yaml` atomically, as [`DirBackend::write_node`]
+    /// does (`weftctl connect` registering itself).
+    pub fn write_peer(&self, peer: &PeerObject) -> Result<PathBuf, DirError> {
+        if !valid_name(&peer.name) {
+            return Err(DirError::InvalidName(peer.name.clone()));
+        }
+        let text = serde_norway::to_string(peer).map_err(|e| DirError::Serialize {
+            name: peer.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let dir = self.peers_dir();
+        fs::create_dir_all(&dir).map_err(|source| DirError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = self.peer_path(&peer.name);
+        write_atomic(&dir, &path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Removes `peers/<name>.yaml`; returns whether it was there.
+    pub fn remove_peer(&self, name: &str) -> Result<bool, DirError> {
+        if !valid_name(name) {
+            return Err(DirError::InvalidName(name.to_owned()));
+        }
+        let path = self.peer_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(DirError::Io { path, source }),
+        }
+    }
 }
 
 /// The directory as a [`Backend`]: loads on demand and watches the
@@ -458,6 +507,33 @@ mod tests {
         b.write_node(&n).unwrap();
         assert_eq!(b.read_node("a1").unwrap(), Some(n));
         assert_eq!(b.read_node("zz").unwrap(), None);
+    }
+
+    #[test]
+    fn peers_are_written_read_back_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::new(tmp.path());
+        let peer = PeerObject {
+            name: "laptop".into(),
+            spec: crate::model::PeerSpec {
+                allowed_ips: vec!["10.5.0.1/32".into()],
+                public_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(),
+                persistent_keepalive: Some(10),
+                ..Default::default()
+            },
+        };
+        assert_eq!(b.read_peer("laptop").unwrap(), None);
+        let path = b.write_peer(&peer).unwrap();
+        assert_eq!(path, tmp.path().join("peers/laptop.yaml"));
+        assert_eq!(b.read_peer("laptop").unwrap(), Some(peer.clone()));
+        assert_eq!(b.load().unwrap().peers, vec![peer]);
+        assert!(b.remove_peer("laptop").unwrap());
+        assert!(!b.remove_peer("laptop").unwrap());
+        assert!(b.load().unwrap().peers.is_empty());
+        assert!(matches!(
+            b.remove_peer("../x"),
+            Err(DirError::InvalidName(_))
+        ));
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! `kgctl showconf`).
 
 pub mod bpf;
+pub mod cli;
+pub mod connect;
 pub mod graph;
 pub mod showconf;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::num::NonZeroU16;
 use std::path::Path;
 
@@ -17,7 +19,7 @@ use ipnet::IpNet;
 
 use crate::backend::Snapshot;
 use crate::backend::dir::DirBackend;
-use crate::model::{Encapsulate, Granularity, Settings, parse_nodes, parse_peers};
+use crate::model::{Encapsulate, Granularity, Node, Settings, parse_nodes, parse_peers};
 use crate::topology::Mesh;
 
 /// Settings given on the command line; they override `settings.yaml`.
@@ -95,18 +97,14 @@ pub fn build(
     };
     let mut settings = overrides.apply(settings);
     let (nodes, node_errors) = parse_nodes(&snap.nodes, &settings.topology_label);
-    // Like kgctl: without a granularity given, take the one the agents
-    // publish, when they agree.
+    // Like kgctl: without --mesh-granularity, the granularity the agents
+    // publish (the agents' flags beat settings.yaml, so this is what the
+    // cluster runs); settings.yaml's or the default only when none does.
     if overrides.granularity.is_none()
-        && snap
-            .settings
-            .as_ref()
-            .is_none_or(|f| f.granularity.is_none())
+        && let Some(g) =
+            published_granularity(&nodes, now).map_err(|e| anyhow::anyhow!("{source}: {e}"))?
     {
-        let published: BTreeSet<Granularity> = nodes.iter().filter_map(|n| n.granularity).collect();
-        if let [only] = published.into_iter().collect::<Vec<_>>()[..] {
-            settings.granularity = only;
-        }
+        settings.granularity = g;
     }
     let (peers, peer_errors) = parse_peers(&snap.peers);
     let demoted = crate::health::demoted(&nodes, now, leader_health_timeout.as_secs() as i64);
@@ -120,4 +118,29 @@ pub fn build(
     );
     skipped.extend(mesh.warnings.iter().map(ToString::to_string));
     Ok(Loaded { mesh, skipped })
+}
+
+/// The granularity the ready nodes publish (`weft.dev/granularity`, else
+/// `kilo.squat.ai/granularity`): `None` when none publishes one (a node
+/// without the annotation does not count, nor does a node that is not
+/// ready: its agent may be gone with an old setting), an error naming the
+/// nodes when they disagree.
+pub fn published_granularity(nodes: &[Node], now: i64) -> anyhow::Result<Option<Granularity>> {
+    let mut by_value: BTreeMap<Granularity, Vec<&str>> = BTreeMap::new();
+    for n in nodes.iter().filter(|n| n.is_ready(now)) {
+        if let Some(g) = n.granularity {
+            by_value.entry(g).or_default().push(&n.name);
+        }
+    }
+    if by_value.len() > 1 {
+        let groups: Vec<String> = by_value
+            .iter()
+            .map(|(g, names)| format!("{g} ({})", names.join(", ")))
+            .collect();
+        anyhow::bail!(
+            "the nodes publish different mesh granularities: {}; give --mesh-granularity",
+            groups.join(" vs ")
+        );
+    }
+    Ok(by_value.into_keys().next())
 }

@@ -6,10 +6,18 @@
 //! - `peer NAME`: the configuration the external peer needs to join.
 //! - `peer NAME --as-peer`: the peer itself as a `[Peer]`.
 //!
-//! `-o wireguard` is what `wg setconf` accepts; `-o json` and `-o yaml` are
-//! `{"interface": {"listenPort"}, "peers": [{"publicKey", "endpoint",
-//! "allowedIPs", "persistentKeepalive", "presharedKey"}]}`, absent values
-//! being null.
+//! `-o wireguard` is what `wg setconf` accepts. With `--as-peer`, `-o json`
+//! and `-o yaml` print a `Peer` manifest (`apiVersion: weft.dev/v1alpha1`,
+//! `kind: Peer`, `metadata.name` the node's or peer's name, `spec` as Kilo's
+//! CRD), as kgctl does: what `kubectl apply -f -` takes in another cluster,
+//! and what the directory backend takes as `peers/<name>.yaml`. Without it
+//! they are `{"interface": {"listenPort"}, "peers": [{"publicKey",
+//! "endpoint", "allowedIPs", "persistentKeepalive", "presharedKey"}]}`,
+//! absent values being null (kgctl prints the WireGuard format there).
+//!
+//! A node that is not its segment's leader has no configuration: as kgctl,
+//! [`node`] gives [`Shown::NotLeader`], which weftctl reports on stderr,
+//! printing nothing and exiting 0 (scripts loop over every node).
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -17,6 +25,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::model::{Peer, PeerResource};
 use crate::topology::{Mesh, TopologyError, WgConf, WgPeer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,37 +59,94 @@ pub struct Options {
     pub allowed_ips: Vec<IpNet>,
 }
 
+/// What `showconf node NAME` has to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// The text for stdout.
+    Conf(String),
+    /// The node is not its segment's leader: nothing for stdout, this note
+    /// for stderr, and success (kgctl's `Node "X" is not a leader node`).
+    NotLeader(String),
+}
+
 /// `showconf node NAME`.
-pub fn node(mesh: &Mesh, name: &str, opts: &Options) -> Result<String, TopologyError> {
-    let conf = if opts.as_peer {
-        as_peer(mesh.node_as_peer(name)?, &opts.allowed_ips)
+pub fn node(mesh: &Mesh, name: &str, opts: &Options) -> Result<Shown, TopologyError> {
+    let shown = if opts.as_peer {
+        mesh.node_as_peer(name)
+            .map(|p| render_peer(name, with_extra(p, &opts.allowed_ips), opts.format))
     } else {
-        mesh.node_conf(name)?
+        mesh.node_conf(name).map(|c| render(&c, opts.format))
     };
-    Ok(render(&conf, opts.format))
+    match shown {
+        Ok(text) => Ok(Shown::Conf(text)),
+        Err(TopologyError::NotLeader {
+            name,
+            segment,
+            leader,
+        }) => Ok(Shown::NotLeader(format!(
+            "node {name:?} is not a leader node (the leader of {segment} is {leader:?}): nothing to show"
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 /// `showconf peer NAME`.
 pub fn peer(mesh: &Mesh, name: &str, opts: &Options) -> Result<String, TopologyError> {
-    let conf = if opts.as_peer {
-        as_peer(mesh.peer_as_peer(name)?, &opts.allowed_ips)
+    Ok(if opts.as_peer {
+        render_peer(
+            name,
+            with_extra(mesh.peer_as_peer(name)?, &opts.allowed_ips),
+            opts.format,
+        )
     } else {
-        mesh.peer_conf(name)?
-    };
-    Ok(render(&conf, opts.format))
+        render(&mesh.peer_conf(name)?, opts.format)
+    })
 }
 
-fn as_peer(mut p: WgPeer, extra: &[IpNet]) -> WgConf {
+/// `p` with the allowed IPs of `--allowed-ips` added (once each).
+fn with_extra(mut p: WgPeer, extra: &[IpNet]) -> WgPeer {
     for c in extra {
         let c = c.trunc();
         if !p.allowed_ips.contains(&c) {
             p.allowed_ips.push(c);
         }
     }
-    WgConf {
-        listen_port: None,
-        peers: vec![p],
+    p
+}
+
+/// `--as-peer`: a `[Peer]` section, or a `Peer` manifest named `name`.
+fn render_peer(name: &str, p: WgPeer, format: Format) -> String {
+    match format {
+        Format::Wireguard => wireguard(&WgConf {
+            listen_port: None,
+            peers: vec![p],
+        }),
+        Format::Json | Format::Yaml => {
+            let m = manifest(name, &p);
+            if format == Format::Json {
+                let mut s = serde_json::to_string_pretty(&m).unwrap_or_default();
+                s.push('\n');
+                s
+            } else {
+                serde_norway::to_string(&m).unwrap_or_default()
+            }
+        }
     }
+}
+
+/// The `Peer` object (group weft.dev) that stands for `p` under `name`.
+pub fn manifest(name: &str, p: &WgPeer) -> PeerResource {
+    let spec = Peer {
+        name: name.to_owned(),
+        allowed_ips: p.allowed_ips.clone(),
+        public_key: p.public_key,
+        endpoint: p.endpoint.clone(),
+        persistent_keepalive: p.persistent_keepalive,
+        preshared_key: p.preshared_key,
+    }
+    .to_object()
+    .spec;
+    PeerResource::new(name, spec)
 }
 
 pub fn render(conf: &WgConf, format: Format) -> String {

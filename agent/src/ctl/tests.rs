@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 
-use super::showconf::{Format, Options};
+use super::showconf::{Format, Options, Shown};
 use super::*;
 use crate::model::{Endpoint, Granularity, Keepalive, Key, Node, Peer, PublicKey, Settings};
 use crate::topology::{PeerOrigin, SegmentId, WgConf, WgPeer};
@@ -137,15 +137,30 @@ fn mesh() -> crate::topology::Mesh {
 #[test]
 fn showconf_node_and_peer_follow_kgctl() {
     let m = mesh();
-    let out = showconf::node(&m, "a1", &Options::default()).unwrap();
+    let node = |name: &str, opts: &Options| match showconf::node(&m, name, opts).unwrap() {
+        Shown::Conf(text) => text,
+        Shown::NotLeader(note) => panic!("{name}: {note}"),
+    };
+    let out = node("a1", &Options::default());
     assert!(out.starts_with("[Interface]\nListenPort = 51820\n"));
     assert_eq!(out.matches("[Peer]").count(), 3); // us, asia, laptop
-    assert!(
-        showconf::node(&m, "a2", &Options::default())
-            .unwrap_err()
-            .to_string()
-            .contains("not the leader")
-    );
+    // A non-leader: no configuration, a note (kgctl's wording in it).
+    for opts in [
+        Options::default(),
+        Options {
+            as_peer: true,
+            format: Format::Yaml,
+            ..Options::default()
+        },
+    ] {
+        let Shown::NotLeader(note) = showconf::node(&m, "a2", &opts).unwrap() else {
+            panic!("a2 does not lead")
+        };
+        assert!(
+            note.starts_with("node \"a2\" is not a leader node") && note.contains("\"a1\""),
+            "{note}"
+        );
+    }
     assert_eq!(
         showconf::node(&m, "zz", &Options::default())
             .unwrap_err()
@@ -160,7 +175,7 @@ fn showconf_node_and_peer_follow_kgctl() {
         ],
         ..Options::default()
     };
-    let out = showconf::node(&m, "a1", &opts).unwrap();
+    let out = node("a1", &opts);
     assert!(!out.contains("[Interface]"));
     let aips = out.lines().find(|l| l.starts_with("AllowedIPs")).unwrap();
     assert!(aips.ends_with(", 10.9.0.0/16"), "{aips}");
@@ -179,11 +194,124 @@ fn showconf_node_and_peer_follow_kgctl() {
         },
     )
     .unwrap();
+    // As kgctl: a Peer manifest.
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        v["peers"][0]["allowedIPs"],
-        serde_json::json!(["10.5.0.1/32"])
+        v,
+        serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "Peer",
+            "metadata": {"name": "laptop"},
+            "spec": {
+                "allowedIPs": ["10.5.0.1/32"],
+                "publicKey": PublicKey::from_bytes([9; 32]).to_string(),
+                "persistentKeepalive": 10,
+            }
+        })
     );
+}
+
+/// `showconf node N --as-peer -o yaml` of every leader, written to another
+/// directory's `peers/<N>.yaml`, is that directory's peers: Kilo's
+/// multi-cluster recipe, with the directory backend as the second cluster.
+#[test]
+fn as_peer_yaml_is_a_peer_file_of_another_directory() {
+    let m = mesh();
+    let tmp = tempfile::tempdir().unwrap();
+    let peers = tmp.path().join("peers");
+    fs::create_dir_all(&peers).unwrap();
+    let opts = Options {
+        as_peer: true,
+        format: Format::Yaml,
+        allowed_ips: vec!["10.96.0.0/12".parse().unwrap()],
+    };
+    let mut leaders = Vec::new();
+    for name in ["a1", "a2", "b1", "c1"] {
+        match showconf::node(&m, name, &opts).unwrap() {
+            Shown::Conf(yaml) => {
+                assert!(
+                    yaml.starts_with("apiVersion: weft.dev/v1alpha1\nkind: Peer\n"),
+                    "{yaml}"
+                );
+                fs::write(peers.join(format!("{name}.yaml")), yaml).unwrap();
+                leaders.push(name);
+            }
+            Shown::NotLeader(_) => assert_eq!(name, "a2"),
+        }
+    }
+    let contents = DirBackend::new(tmp.path()).load().unwrap();
+    assert!(contents.errors.is_empty(), "{:?}", contents.errors);
+    let (parsed, errors) = parse_peers(&contents.peers);
+    assert!(errors.is_empty(), "{errors:?}");
+    let names: Vec<&str> = parsed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, leaders);
+    for p in &parsed {
+        let seg = m.node_as_peer(&p.name).unwrap();
+        assert_eq!(p.public_key, seg.public_key);
+        assert_eq!(p.endpoint, seg.endpoint);
+        let mut want = seg.allowed_ips.clone();
+        want.push("10.96.0.0/12".parse().unwrap());
+        assert_eq!(p.allowed_ips, want, "{}", p.name);
+    }
+    // The same with JSON, and kgctl's own rendering of a Peer (group
+    // kilo.squat.ai, empty dns, zero keepalive, creationTimestamp).
+    let json = match showconf::node(
+        &m,
+        "b1",
+        &Options {
+            format: Format::Json,
+            ..opts.clone()
+        },
+    )
+    .unwrap()
+    {
+        Shown::Conf(j) => j,
+        Shown::NotLeader(n) => panic!("{n}"),
+    };
+    fs::write(peers.join("b1.yaml"), json).unwrap();
+    fs::write(
+        peers.join("kilo.yaml"),
+        format!(
+            "apiVersion: kilo.squat.ai/v1alpha1\nkind: Peer\nmetadata:\n  creationTimestamp: null\n  name: kilo\n\
+             spec:\n  allowedIPs:\n  - 10.8.0.0/24\n  endpoint:\n    dnsOrIP:\n      dns: \"\"\n      ip: 192.0.2.7\n    port: 51820\n  \
+             persistentKeepalive: 0\n  publicKey: {K1}\n"
+        ),
+    )
+    .unwrap();
+    let contents = DirBackend::new(tmp.path()).load().unwrap();
+    assert!(contents.errors.is_empty(), "{:?}", contents.errors);
+    let (parsed, errors) = parse_peers(&contents.peers);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(parsed.len(), 4);
+    let kilo = parsed.iter().find(|p| p.name == "kilo").unwrap();
+    assert_eq!(
+        kilo.endpoint.as_ref().unwrap().to_string(),
+        "192.0.2.7:51820"
+    );
+    // What a peer file must not be.
+    for (bad, why) in [
+        (
+            "apiVersion: v1\nkind: Peer\nmetadata: {name: x}\nspec: {}\n",
+            "apiVersion",
+        ),
+        (
+            "apiVersion: weft.dev/v1alpha1\nkind: Node\nmetadata: {name: x}\nspec: {}\n",
+            "kind",
+        ),
+        (
+            "apiVersion: weft.dev/v1alpha1\nkind: Peer\nspec: {}\n",
+            "metadata.name",
+        ),
+        (
+            "name: x\napiVersion: weft.dev/v1alpha1\nkind: Peer\nmetadata: {name: x}\n",
+            "`name`",
+        ),
+        ("spec: {}\n", "name"),
+        ("name: x\nextra: 1\n", "extra"),
+    ] {
+        let e = serde_norway::from_str::<crate::model::PeerObject>(bad).unwrap_err();
+        assert!(e.to_string().contains(why), "{bad:?}: {e}");
+    }
 }
 
 #[test]
@@ -298,4 +426,277 @@ fn load_applies_settings_then_overrides_and_reports_what_it_skips() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("settings.yaml") && e.contains("port"), "{e}");
+}
+
+/// A directory of nodes `(name, zone, granularity annotation, last seen)`
+/// (`kilo:` before a granularity: Kilo's annotation), node i with pod CIDR
+/// 10.2.i.0/24 and key `[i; 32]`.
+fn node_dir(root: &std::path::Path, nodes: &[(&str, &str, Option<&str>, i64)]) {
+    fs::create_dir_all(root.join("nodes")).unwrap();
+    for (i, (name, zone, granularity, seen)) in nodes.iter().enumerate() {
+        let i = i + 1;
+        let key = PublicKey::from_bytes([i as u8; 32]);
+        let g = match granularity {
+            Some(g) => match g.strip_prefix("kilo:") {
+                Some(g) => format!("  kilo.squat.ai/granularity: {g}\n"),
+                None => format!("  weft.dev/granularity: {g}\n"),
+            },
+            None => String::new(),
+        };
+        fs::write(
+            root.join(format!("nodes/{name}.yaml")),
+            format!(
+                "name: {name}\npodCIDR: 10.2.{i}.0/24\nlabels:\n  topology.kubernetes.io/region: {zone}\nannotations:\n  \
+                 weft.dev/key: {key}\n  weft.dev/endpoint: 198.51.100.{i}:51820\n  weft.dev/internal-ip: 192.168.0.{i}/24\n  \
+                 weft.dev/last-seen: \"{seen}\"\n{g}"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// `weftctl ARGS` as of NOW.
+fn weftctl(args: &[&str]) -> cli::Output {
+    let cli = <cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("weftctl").chain(args.iter().copied()),
+    )
+    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    cli::run(cli, NOW)
+}
+
+fn granularity_of(root: &std::path::Path, o: &Overrides) -> anyhow::Result<Granularity> {
+    load(root, o, NOW, HEALTH).map(|l| l.mesh.settings.granularity)
+}
+
+#[test]
+fn granularity_is_what_the_ready_nodes_publish() {
+    let stale = NOW - 3600;
+    // Agreeing (weft's and Kilo's annotations alike; a node that publishes
+    // nothing, or is not ready, does not count): theirs, over settings.yaml's.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    node_dir(
+        root,
+        &[
+            ("a", "eu", Some("full"), NOW),
+            ("b", "eu", Some("kilo:full"), NOW),
+            ("c", "us", None, NOW),
+            ("d", "us", Some("location"), stale),
+        ],
+    );
+    fs::write(root.join("settings.yaml"), "granularity: location\n").unwrap();
+    let none = Overrides::default();
+    assert_eq!(granularity_of(root, &none).unwrap(), Granularity::Full);
+    assert_eq!(
+        load(root, &none, NOW, HEALTH).unwrap().mesh.segments.len(),
+        3
+    );
+    // `weftctl graph` is `weftctl graph --mesh-granularity <that>`.
+    let d = root.to_str().unwrap();
+    let auto = weftctl(&["--dir", d, "graph"]);
+    assert!(auto.success(), "{auto:?}");
+    assert_eq!(
+        auto,
+        weftctl(&["--dir", d, "graph", "--mesh-granularity", "full"])
+    );
+    assert_ne!(
+        auto,
+        weftctl(&["--dir", d, "graph", "--mesh-granularity", "location"])
+    );
+    // The command line wins.
+    let location = Overrides {
+        granularity: Some(Granularity::Location),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        granularity_of(root, &location).unwrap(),
+        Granularity::Location
+    );
+
+    // Conflicting: an error naming the nodes, unless the command line decides.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    node_dir(
+        root,
+        &[
+            ("a", "eu", Some("full"), NOW),
+            ("b", "eu", Some("location"), NOW),
+            ("c", "us", Some("kilo:full"), NOW),
+            ("d", "us", None, NOW),
+        ],
+    );
+    let e = format!("{:#}", granularity_of(root, &none).unwrap_err());
+    assert!(
+        e.contains("different mesh granularities: location (b) vs full (a, c)")
+            && e.contains("--mesh-granularity")
+            && e.contains(&root.display().to_string()),
+        "{e}"
+    );
+    assert_eq!(
+        granularity_of(root, &location).unwrap(),
+        Granularity::Location
+    );
+    let out = weftctl(&["--dir", root.to_str().unwrap(), "showconf", "node", "a"]);
+    assert!(out.stdout.is_empty() && !out.success(), "{out:?}");
+    assert!(out.error.unwrap().contains("full (a, c)"));
+
+    // None published: settings.yaml's, else the default.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    node_dir(
+        root,
+        &[
+            ("a", "eu", None, NOW),
+            ("b", "eu", None, NOW),
+            ("c", "us", Some("full"), stale),
+        ],
+    );
+    assert_eq!(granularity_of(root, &none).unwrap(), Granularity::Location);
+    fs::write(root.join("settings.yaml"), "granularity: full\n").unwrap();
+    assert_eq!(granularity_of(root, &none).unwrap(), Granularity::Full);
+    // And no node at all.
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(
+        granularity_of(tmp.path(), &none).unwrap(),
+        Granularity::Location
+    );
+}
+
+#[test]
+fn global_flags_go_before_or_after_the_subcommand() {
+    use clap::{CommandFactory as _, Parser as _};
+    cli::Cli::command().debug_assert();
+    let parse = |args: &[&str]| {
+        cli::Cli::try_parse_from(std::iter::once("weftctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let flags = [
+        "--dir",
+        "/d",
+        "--mesh-granularity",
+        "full",
+        "--port",
+        "51999",
+        "--subnet",
+        "10.9.0.0/16",
+        "--topology-label",
+        "zone",
+        "--encapsulate",
+        "always",
+        "--leader-health-timeout",
+        "30s",
+    ];
+    let check = |c: &cli::Cli| {
+        assert_eq!(c.dir.as_deref(), Some(std::path::Path::new("/d")));
+        assert_eq!(c.mesh_granularity, Some(Granularity::Full));
+        assert_eq!(c.port.map(|p| p.get()), Some(51999));
+        assert_eq!(c.subnet, Some("10.9.0.0/16".parse().unwrap()));
+        assert_eq!(c.topology_label.as_deref(), Some("zone"));
+        assert_eq!(c.encapsulate, Some(crate::model::Encapsulate::Always));
+        assert_eq!(c.leader_health_timeout, std::time::Duration::from_secs(30));
+    };
+    for sub in [
+        &["graph"][..],
+        &["showconf", "node", "a"],
+        &["showconf", "peer", "p", "--as-peer", "-o", "yaml"],
+    ] {
+        // Before, after, and in between (`showconf --port 1 node a`).
+        let before: Vec<&str> = flags.iter().chain(sub).copied().collect();
+        let after: Vec<&str> = sub.iter().chain(&flags).copied().collect();
+        let mut between: Vec<&str> = sub[..1].to_vec();
+        between.extend(flags);
+        between.extend(&sub[1..]);
+        for args in [before, after, between] {
+            check(&parse(&args));
+        }
+    }
+    let c = parse(&[
+        "showconf",
+        "node",
+        "a",
+        "--as-peer",
+        "--dir",
+        "/d",
+        "-o",
+        "yaml",
+    ]);
+    let cli::Command::Showconf(s) = &c.command else {
+        panic!("{c:?}")
+    };
+    assert!(s.as_peer && s.output == Format::Yaml);
+    assert!(
+        matches!(&s.target, cli::Target::Node { name } if name == "a"),
+        "{c:?}"
+    );
+    // Still refused: unknown values and --dir with --kubeconfig.
+    assert!(cli::Cli::try_parse_from(["weftctl", "graph", "--mesh-granularity", "auto"]).is_err());
+    assert!(
+        cli::Cli::try_parse_from(["weftctl", "graph", "--dir", "/d", "--kubeconfig", "/k"])
+            .is_err()
+    );
+}
+
+/// As kgctl: a non-leader prints nothing and succeeds (with a note); an
+/// unknown or unready node, or no ready node at all, fails.
+#[test]
+fn showconf_node_exit_status_is_kgctls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    node_dir(
+        root,
+        &[
+            ("a1", "eu", None, NOW),
+            ("a2", "eu", None, NOW),
+            ("b1", "us", None, NOW),
+            ("old", "asia", None, NOW - 3600),
+        ],
+    );
+    let d = root.to_str().unwrap();
+    for extra in [
+        &[][..],
+        &["--as-peer", "-o", "yaml"],
+        &["--as-peer", "--allowed-ips", "10.96.0.0/12"],
+    ] {
+        let mut args = vec!["--dir", d, "showconf", "node", "a2"];
+        args.extend(extra);
+        let out = weftctl(&args);
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr.len(), 1, "{out:?}");
+        assert!(
+            out.stderr[0].starts_with("weftctl: node \"a2\" is not a leader node"),
+            "{out:?}"
+        );
+        args[4] = "a1";
+        let out = weftctl(&args);
+        assert!(
+            out.success() && out.stderr.is_empty() && !out.stdout.is_empty(),
+            "{out:?}"
+        );
+    }
+    for (node, want) in [
+        ("zz", "no node named \"zz\""),
+        ("old", "node \"old\" is not ready: last seen 3600 s ago"),
+    ] {
+        let out = weftctl(&["--dir", d, "showconf", "node", node]);
+        assert_eq!(out.stdout, "");
+        assert!(out.error.as_ref().unwrap().contains(want), "{out:?}");
+    }
+    // No ready node: an error, for nodes and peers alike.
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().to_str().unwrap();
+    node_dir(tmp.path(), &[("old", "eu", None, NOW - 3600)]);
+    for args in [
+        &["--dir", empty, "showconf", "node", "old"][..],
+        &["--dir", empty, "showconf", "peer", "laptop"],
+    ] {
+        let out = weftctl(args);
+        let e = out.error.unwrap_or_default();
+        assert!(
+            e.starts_with("weftctl: error: no ready node in ")
+                && e.contains("old: last seen 3600 s ago")
+                && !e.contains('\n'),
+            "{e}"
+        );
+    }
 }

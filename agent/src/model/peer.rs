@@ -11,12 +11,75 @@ use super::{
 
 /// A peer as a backend holds it: `peers/<name>.yaml` in the directory
 /// backend, or a `Peer` object (the field names are Kilo's CRD's).
+///
+/// A `peers/<name>.yaml` is either `{name, spec}` or a whole `Peer`
+/// manifest (`apiVersion: weft.dev/v1alpha1` or `kilo.squat.ai/v1alpha1`,
+/// `kind: Peer`, `metadata: {name}`, `spec`), as `weftctl showconf
+/// --as-peer -o yaml` and `kgctl` print it; other metadata is ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "PeerFile")]
 pub struct PeerObject {
     pub name: String,
     #[serde(default)]
     pub spec: PeerSpec,
+}
+
+/// The groups whose `Peer` manifests a peer file may hold.
+pub const PEER_API_VERSIONS: [&str; 2] = ["weft.dev/v1alpha1", "kilo.squat.ai/v1alpha1"];
+
+/// What a peer file may hold: see [`PeerObject`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PeerFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<PeerMetadata>,
+    #[serde(default)]
+    spec: PeerSpec,
+}
+
+/// A manifest's metadata: only the name counts (labels, annotations,
+/// `creationTimestamp: null` as kgctl prints it... are ignored).
+#[derive(Deserialize)]
+struct PeerMetadata {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl TryFrom<PeerFile> for PeerObject {
+    type Error = String;
+    fn try_from(f: PeerFile) -> Result<Self, String> {
+        let manifest = f.api_version.is_some() || f.kind.is_some() || f.metadata.is_some();
+        if !manifest {
+            let name = f.name.ok_or("missing field `name`")?;
+            return Ok(PeerObject { name, spec: f.spec });
+        }
+        if f.name.is_some() {
+            return Err("`name` is for {name, spec} files: a manifest has `metadata.name`".into());
+        }
+        match f.api_version.as_deref() {
+            Some(v) if PEER_API_VERSIONS.contains(&v) => {}
+            v => {
+                return Err(format!(
+                    "apiVersion {v:?} is not one of {}",
+                    PEER_API_VERSIONS.join(", ")
+                ));
+            }
+        }
+        if f.kind.as_deref() != Some("Peer") {
+            return Err(format!("kind {:?} is not Peer", f.kind));
+        }
+        let name = f
+            .metadata
+            .and_then(|m| m.name)
+            .ok_or("missing field `metadata.name`")?;
+        Ok(PeerObject { name, spec: f.spec })
+    }
 }
 
 /// A WireGuard key in the CRD schema: 32 bytes of base64 (44 characters, the
