@@ -35,10 +35,13 @@ RUN cargo xtask build-ebpf \
 # ---- runtime ----
 FROM debian:bookworm-slim
 # iproute2 and wireguard-tools (`ip`, `wg`) for debugging on the node;
-# wireguard-go for `--wireguard userspace`.
+# wireguard-go for `--wireguard userspace`; graphviz (`dot`) renders the
+# agent's /graph (SVG, PNG, ...; without it only /graph?format=dot works),
+# with one font for the text of PNG and PDF renders.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates iproute2 wireguard-go wireguard-tools \
-    && rm -rf /var/lib/apt/lists/*
+        ca-certificates fonts-dejavu-core graphviz iproute2 wireguard-go wireguard-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && dot -V
 COPY --from=builder /out/ /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/weft"]

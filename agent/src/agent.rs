@@ -24,11 +24,11 @@ use crate::datapath::{Datapath, Hook, maps};
 use crate::keys::KeyPair;
 use crate::model::annotations::{self as a, weft};
 use crate::model::{
-    Encapsulate, Granularity, Node, NodeObject, PublicKey, Settings, SystemResolver, parse_nodes,
-    parse_peers,
+    Encapsulate, Granularity, Node, NodeObject, PublicKey, Refusal, RefusalKind, Refusals,
+    Settings, SystemResolver, parse_nodes, parse_peers,
 };
 use crate::routes::{DesiredRoute, LinkRef, RouteVia, Routes};
-use crate::topology::{Mesh, PeerOrigin, RouteKind, Topology};
+use crate::topology::{Mesh, PeerOrigin, RouteKind, Topology, Warning};
 use crate::wireguard::{self, DesiredPeer, WireGuard};
 use crate::{cni, detect, health, http};
 use futures::FutureExt as _;
@@ -253,6 +253,8 @@ struct Agent<B: Backend> {
     last: Option<Topology>,
     /// Problems reported so far, so each is logged once when it appears.
     reported: BTreeSet<String>,
+    /// Nodes and peers left out of the mesh, each logged once when it appears.
+    refusals: Refusals,
     demoted: BTreeSet<String>,
     /// `discovered-endpoints` as last read from WireGuard (JSON).
     discovered: String,
@@ -382,6 +384,7 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
         health: Health::default(),
         last: None,
         reported: BTreeSet::new(),
+        refusals: Refusals::default(),
         demoted: BTreeSet::new(),
         discovered: "{}".to_string(),
         outage: Outage::default(),
@@ -526,6 +529,51 @@ impl<B: Backend> Agent<B> {
         seen.insert(msg);
     }
 
+    /// Logs each node or peer left out of the mesh once, when it is first
+    /// left out (naming it, the field and why), and once when it is back;
+    /// sets `weft_refused_objects`. Values that do not parse also count in
+    /// `weft_errors_total{kind="node"|"peer"}`.
+    fn report_refusals(&mut self, refused: Vec<Refusal>, present: &BTreeSet<(RefusalKind, &str)>) {
+        let changes = self.refusals.update(refused);
+        for r in &changes.new {
+            let (kind, reason) = (r.kind.as_str(), r.reason);
+            if r.is_invalid() {
+                self.state.metrics.error(kind);
+            }
+            // The message names the object and the field (not repeated as
+            // fields: one line, one mention).
+            if r.is_pending() {
+                info!(kind, reason, "{r}");
+            } else {
+                warn!(kind, reason, "{r}");
+            }
+        }
+        for r in &changes.cleared {
+            if present.contains(&(r.kind, r.name.as_str())) {
+                info!(
+                    kind = r.kind.as_str(),
+                    "{} {:?} is no longer left out of the mesh (it was for {}: {})",
+                    r.kind,
+                    r.name,
+                    r.field,
+                    r.detail
+                );
+            } else {
+                debug!(
+                    kind = r.kind.as_str(),
+                    "{} {:?} was removed while left out", r.kind, r.name
+                );
+            }
+        }
+        let counts: Vec<(&str, &str, u64)> = self
+            .refusals
+            .counts()
+            .into_iter()
+            .map(|(k, reason, n)| (k.as_str(), reason, n))
+            .collect();
+        self.state.metrics.refused(&counts);
+    }
+
     fn settings(&self, file: Option<&crate::model::SettingsFile>) -> Result<Settings> {
         let mut s = match file {
             Some(f) => f
@@ -617,12 +665,13 @@ impl<B: Backend> Agent<B> {
             *o = own;
         }
         let (nodes, node_errors) = parse_nodes(&objects, &settings.topology_label);
-        for e in &node_errors {
-            self.report(&mut seen, "node", e.to_string());
-        }
         let (peers, peer_errors) = parse_peers(&snap.peers);
-        for e in &peer_errors {
-            self.report(&mut seen, "peer", e.to_string());
+        let mut refused = Vec::new();
+        for e in node_errors.iter().chain(&peer_errors) {
+            match Refusal::from_error(e) {
+                Some(r) => refused.push(r),
+                None => self.report(&mut seen, "backend", e.to_string()),
+            }
         }
 
         let demoted = health::demoted(
@@ -642,8 +691,36 @@ impl<B: Backend> Agent<B> {
         }
         let mesh = Mesh::build(&nodes, &peers, &settings, ready_now, &demoted)?;
         for w in &mesh.warnings {
-            self.report(&mut seen, "topology", w.to_string());
+            match w {
+                Warning::DuplicateNode(n) => {
+                    refused.push(Refusal::duplicate_name(RefusalKind::Node, n))
+                }
+                Warning::DuplicatePeer(n) => {
+                    refused.push(Refusal::duplicate_name(RefusalKind::Peer, n))
+                }
+                _ => self.report(&mut seen, "topology", w.to_string()),
+            }
         }
+        refused.extend(
+            mesh.not_ready
+                .iter()
+                .map(|(name, why)| Refusal::not_ready(name, why)),
+        );
+        refused.extend(
+            mesh.peers_not_ready
+                .iter()
+                .map(|name| Refusal::peer_without_allowed_ips(name)),
+        );
+        let present: BTreeSet<(RefusalKind, &str)> = objects
+            .iter()
+            .map(|n| (RefusalKind::Node, n.name.as_str()))
+            .chain(
+                snap.peers
+                    .iter()
+                    .map(|p| (RefusalKind::Peer, p.name.as_str())),
+            )
+            .collect();
+        self.report_refusals(refused, &present);
         self.reported = seen;
         *self.state.graph.write().expect("not poisoned") = crate::ctl::graph::dot(&mesh);
         let topo = mesh

@@ -1,4 +1,7 @@
-//! The agent's Prometheus metrics, served on `--listen` at `/metrics`.
+//! The agent's Prometheus metrics, served on `--listen` at `/metrics`:
+//! weft's own (`weft_*`), and Kilo's names (`kilo_*`) for the same values,
+//! so that dashboards and alerts made for Kilo keep working (see the
+//! README's "Metrics").
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +22,10 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
 #[derive(Default)]
 pub struct Metrics {
     pub reconciles: Counter,
-    /// Errors by kind: `backend`, `node` (bad node input), `peer` (bad peer input), `wireguard`, `routes`, `datapath`, `publish`, `cni`.
+    /// Errors by kind: `reconcile` (a reconcile failed: WireGuard, routes,
+    /// eBPF, CNI...), `publish` (this node's annotations), `datapath` (the
+    /// masquerade GC), `node` and `peer` (values that do not parse),
+    /// `backend` (unreadable objects), `topology` (input worked around).
     pub errors: Family<Labels, Counter>,
     pub nodes: Gauge,
     pub ready_nodes: Gauge,
@@ -49,11 +55,47 @@ pub struct Metrics {
     pub nat_max_flows: Gauge,
     /// Masquerade flows the GC removed, by reason (`expired`, `orphan`).
     pub nat_gc_removed: Family<Labels, Counter>,
+    /// Nodes and peers left out of the mesh right now, by `kind` and `reason`.
+    pub refused_objects: Family<Labels, Gauge>,
+    /// Kilo's `kilo_errors_total{event}`: see [`kilo_event`].
+    pub kilo_errors: Family<Labels, Counter>,
+}
+
+/// The events of `kilo_errors_total` weft counts.
+pub const KILO_EVENTS: [&str; 3] = ["apply", "checkin", "run"];
+
+/// The `event` of Kilo's `kilo_errors_total` an error of weft's `kind`
+/// counts under: `apply` (a reconcile failed), `checkin` (publishing this
+/// node's annotations failed), `run` (a background task failed). Bad input
+/// (`node`, `peer`, `backend` files, `topology` warnings) is no error of
+/// Kilo's: it left such objects out without counting them.
+pub fn kilo_event(kind: &str) -> Option<&'static str> {
+    match kind {
+        "reconcile" | "wireguard" | "routes" | "cni" => Some("apply"),
+        "publish" => Some("checkin"),
+        "datapath" => Some("run"),
+        _ => None,
+    }
 }
 
 impl Metrics {
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&l(&[("kind", kind)])).inc();
+        if let Some(event) = kilo_event(kind) {
+            self.kilo_errors
+                .get_or_create(&l(&[("event", event)]))
+                .inc();
+        }
+    }
+
+    /// Sets `weft_refused_objects` from `(kind, reason, count)` for every
+    /// known kind and reason (zeros included, so every series exists).
+    pub fn refused(&self, counts: &[(&str, &str, u64)]) {
+        for (kind, reason, n) in counts {
+            self.refused_objects
+                .get_or_create(&l(&[("kind", kind), ("reason", reason)]))
+                .set(*n as i64);
+        }
     }
 
     pub fn map_writes(&self, map: &str, n: u64) {
@@ -104,7 +146,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut r = Registry::with_prefix("weft");
+        let mut root = Registry::default();
+        self.register_kilo(root.sub_registry_with_prefix("kilo"));
+        let r = root.sub_registry_with_prefix("weft");
         macro_rules! reg {
             ($name:expr, $help:expr, $m:expr) => {
                 r.register($name, $help, $m.clone())
@@ -112,13 +156,26 @@ impl Metrics {
         }
         reg!("reconciles", "Reconciliations run", self.reconciles);
         reg!("errors", "Errors by kind", self.errors);
-        reg!("nodes", "Nodes known (valid input)", self.nodes);
+        reg!(
+            "nodes",
+            "Nodes known (valid input, ready or not)",
+            self.nodes
+        );
         reg!(
             "ready_nodes",
             "Nodes ready (fresh last-seen, key, endpoint, pod CIDR)",
             self.ready_nodes
         );
-        reg!("peers", "External peers known", self.peers);
+        reg!(
+            "peers",
+            "External peers in the mesh (ready: valid, with allowed IPs)",
+            self.peers
+        );
+        reg!(
+            "refused_objects",
+            "Nodes and peers left out of the mesh, by kind and reason (each is named once in the log)",
+            self.refused_objects
+        );
         reg!(
             "wireguard_peers",
             "WireGuard peers configured on this node",
@@ -200,9 +257,43 @@ impl Metrics {
             self.route_changes
         );
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r)
+        prometheus_client::encoding::text::encode(&mut out, &root)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Kilo's metrics (`pkg/mesh`), names, types, labels and meaning kept:
+    /// the same values as weft's counterparts.
+    fn register_kilo(&self, r: &mut Registry) {
+        // Every event from the start (at 0), so that `increase()` sees the first error.
+        for event in KILO_EVENTS {
+            drop(self.kilo_errors.get_or_create(&l(&[("event", event)])));
+        }
+        r.register(
+            "errors",
+            "Number of errors that occurred while administering the mesh (Kilo's name; by event: apply, checkin, run)",
+            self.kilo_errors.clone(),
+        );
+        r.register(
+            "leader",
+            "Leadership status of the node (Kilo's name for weft_is_leader)",
+            self.is_leader.clone(),
+        );
+        r.register(
+            "nodes",
+            "Number of nodes in the mesh (Kilo's name for weft_ready_nodes)",
+            self.ready_nodes.clone(),
+        );
+        r.register(
+            "peers",
+            "Number of peers in the mesh (Kilo's name for weft_peers)",
+            self.peers.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Number of reconciliation attempts (Kilo's name for weft_reconciles_total)",
+            self.reconciles.clone(),
+        );
     }
 }
 
@@ -228,5 +319,111 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    /// The value of the sample `series` (name and labels) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn kilo_names_carry_the_same_values() {
+        let m = Metrics::default();
+        m.reconciles.inc();
+        m.reconciles.inc();
+        m.ready_nodes.set(4);
+        m.nodes.set(5);
+        m.peers.set(1);
+        m.is_leader.set(1);
+        m.error("reconcile");
+        m.error("publish");
+        m.error("datapath");
+        m.error("node"); // bad input: not one of Kilo's errors
+        let text = m.encode();
+        for (kilo, weft) in [
+            ("kilo_reconciles_total", "weft_reconciles_total"),
+            ("kilo_nodes", "weft_ready_nodes"),
+            ("kilo_peers", "weft_peers"),
+            ("kilo_leader", "weft_is_leader"),
+        ] {
+            assert!(sample(&text, kilo).is_some(), "{kilo} missing:\n{text}");
+            assert_eq!(sample(&text, kilo), sample(&text, weft), "{kilo}");
+        }
+        assert_eq!(sample(&text, "kilo_nodes"), Some(4.0));
+        assert!(text.contains("# TYPE kilo_errors counter"), "{text}");
+        assert!(text.contains("# TYPE kilo_leader gauge"), "{text}");
+        for event in ["apply", "checkin", "run"] {
+            assert_eq!(
+                sample(&text, &format!("kilo_errors_total{{event=\"{event}\"}}")),
+                Some(1.0),
+                "{event}: {text}"
+            );
+        }
+        assert_eq!(text.matches("kilo_errors_total{").count(), 3, "{text}");
+        let fresh = Metrics::default().encode();
+        assert_eq!(
+            sample(&fresh, "kilo_errors_total{event=\"apply\"}"),
+            Some(0.0),
+            "{fresh}"
+        );
+        assert_eq!(sample(&text, "weft_errors_total{kind=\"node\"}"), Some(1.0));
+    }
+
+    /// The README's "Metrics" lists every metric exported.
+    #[test]
+    fn every_metric_is_in_the_readme() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let m = Metrics::default();
+        // Families show only once they have a series.
+        m.error("reconcile");
+        m.map_writes("WEFT_ROUTES", 1);
+        m.peer_change("added", 1);
+        m.route_change("added", 1);
+        m.wireguard_peer("k", 1, 1, 1);
+        m.nat_gc(1, 1, 1);
+        m.datapath_counter("nat_snat", 1, 1);
+        m.refused(&[("peer", "no_allowed_ips", 1)]);
+        let text = m.encode();
+        let mut names = 0;
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut w = line.split_whitespace().skip(2);
+            let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+            let exported = if kind == "counter" {
+                format!("`{name}_total")
+            } else {
+                format!("`{name}`")
+            };
+            assert!(
+                readme.contains(&exported),
+                "{exported}` is not in the README's Metrics"
+            );
+            names += 1;
+        }
+        assert!(names >= 27, "{text}");
+    }
+
+    #[test]
+    fn refused_objects_by_kind_and_reason() {
+        let m = Metrics::default();
+        m.refused(&[("peer", "no_allowed_ips", 2), ("node", "stale", 0)]);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "weft_refused_objects{kind=\"peer\",reason=\"no_allowed_ips\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "weft_refused_objects{kind=\"node\",reason=\"stale\"}"
+            ),
+            Some(0.0)
+        );
     }
 }

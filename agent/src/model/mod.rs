@@ -11,6 +11,7 @@ mod endpoint;
 mod key;
 mod node;
 mod peer;
+mod refusal;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,9 @@ pub use endpoint::{
 pub use key::{Key, KeyError, PublicKey};
 pub use node::{Node, NodeObject, NotReady, READY_WINDOW_SECS};
 pub use peer::{DnsOrIp, Peer, PeerEndpoint, PeerObject, PeerResource, PeerSpec};
+pub use refusal::{
+    NODE_REASONS, PEER_REASONS, Refusal, RefusalChanges, RefusalKey, RefusalKind, Refusals,
+};
 pub use settings::{
     DEFAULT_PORT, DEFAULT_SUBNET, DEFAULT_TOPOLOGY_LABEL, Encapsulate, Granularity, Settings,
     SettingsFile, parse_subnet,
