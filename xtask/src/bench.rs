@@ -2,9 +2,13 @@
 //! in the same invocation: the topology computation, then the datapath
 //! (pod to pod between two nodes: Kilo-like iptables baseline, plain
 //! routing, weft's eBPF path with and without XDP, a direct veth; see
-//! [`datapath`]). Not part of `cargo xtask test`.
+//! [`datapath`]), then masquerade (pod to an external host: iptables with
+//! Kilo's chain, an nftables set, weft's eBPF masquerade, no NAT, for
+//! exemptions of 10 to 5,000 nodes; see [`masq`]). `--only` picks parts.
+//! Not part of `cargo xtask test`.
 
 pub mod datapath;
+pub mod masq;
 pub mod rr;
 
 use anyhow::{Result, ensure};
@@ -24,6 +28,26 @@ pub struct BenchArgs {
     /// Seconds per datapath figure [default: 5, 2 with --quick].
     #[arg(long)]
     pub seconds: Option<u64>,
+    /// Run only these parts (comma-separated or repeated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+}
+
+/// The parts of `cargo xtask bench`, in the order they run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Time to compute one node's topology and a diff.
+    Topology,
+    /// Pod to pod between two nodes of one location.
+    Datapath,
+    /// Pod to an external host through masquerade.
+    Masq,
+}
+
+impl BenchArgs {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 pub fn run_all(args: &BenchArgs) -> Result<()> {
@@ -33,12 +57,17 @@ pub fn run_all(args: &BenchArgs) -> Result<()> {
     );
     crate::setup::ensure()?;
     crate::ebpf::build()?;
-    step("topology: time to compute one node's topology and a diff (release build)");
-    run(Command::new("cargo")
-        .current_dir(workspace_root())
-        .args(["bench", "-p", "weft", "--bench", "topology"]))?;
+    if args.runs(Part::Topology) {
+        step("topology: time to compute one node's topology and a diff (release build)");
+        run(Command::new("cargo")
+            .current_dir(workspace_root())
+            .args(["bench", "-p", "weft", "--bench", "topology"]))?;
+    }
+    if !(args.runs(Part::Datapath) || args.runs(Part::Masq)) {
+        return Ok(());
+    }
 
-    step("building the weft binaries for the datapath bench");
+    step("building the weft binaries for the datapath benches");
     run(Command::new("cargo")
         .current_dir(workspace_root())
         .args(["build", "-p", "weft", "--bins"]))?;
@@ -46,7 +75,13 @@ pub fn run_all(args: &BenchArgs) -> Result<()> {
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }),
         seconds: args.seconds.unwrap_or(if args.quick { 2 } else { 5 }),
     };
-    datapath::run(opts, &crate::check::bin_dir())
+    if args.runs(Part::Datapath) {
+        datapath::run(opts, &crate::check::bin_dir())?;
+    }
+    if args.runs(Part::Masq) {
+        masq::run(opts, &crate::check::bin_dir())?;
+    }
+    Ok(())
 }
 
 /// `cargo xtask bench-server` (hidden): see [`rr`].

@@ -47,7 +47,7 @@ pub struct Options {
 }
 
 /// iperf3's port in the server pod.
-const IPERF_PORT: u16 = 5201;
+pub(super) const IPERF_PORT: u16 = 5201;
 /// The service CIDR exempted from masquerading in the Kilo-like rules.
 const SERVICE_CIDR: &str = "10.43.0.0/16";
 /// The location's WireGuard IP (`--subnet` 10.4.0.0/16, one segment),
@@ -386,7 +386,7 @@ impl<'a> Bed<'a> {
 
 /// The path of this very executable, valid even if cargo rebuilds it
 /// meanwhile, and from inside the test bed's namespaces (same /proc).
-fn own_exe() -> String {
+pub(super) fn own_exe() -> String {
     format!("/proc/{}/exe", std::process::id())
 }
 
@@ -496,7 +496,7 @@ fn wait_xdp(node: &Node, want: bool) -> Result<()> {
 }
 
 /// Single-stream TCP throughput in Gbit/s, client and server on CPU 0.
-fn iperf3(client: &Pod, target: Ipv4Addr, seconds: u64) -> Result<f64> {
+pub(super) fn iperf3(client: &Pod, target: Ipv4Addr, seconds: u64) -> Result<f64> {
     let out = client
         .cmd("taskset")
         .args(["-c", "0", "iperf3", "-J", "-c"])
@@ -523,7 +523,12 @@ fn iperf3(client: &Pod, target: Ipv4Addr, seconds: u64) -> Result<f64> {
 }
 
 /// Transactions per second of [`rr`]'s client, client and server on CPU 0.
-fn request_response(client: &Pod, target: Ipv4Addr, mode: Mode, seconds: u64) -> Result<f64> {
+pub(super) fn request_response(
+    client: &Pod,
+    target: Ipv4Addr,
+    mode: Mode,
+    seconds: u64,
+) -> Result<f64> {
     let out = output(
         client
             .cmd("taskset")
@@ -543,7 +548,7 @@ fn request_response(client: &Pod, target: Ipv4Addr, mode: Mode, seconds: u64) ->
 
 /// A counter of `/proc/net/snmp` (a header line `Ip: Forwarding ...`
 /// followed by a value line `Ip: 1 ...`).
-fn snmp_field(snmp: &str, group: &str, field: &str) -> Option<u64> {
+pub(super) fn snmp_field(snmp: &str, group: &str, field: &str) -> Option<u64> {
     let prefix = format!("{group}:");
     let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
     let header = lines.next()?;
@@ -554,13 +559,13 @@ fn snmp_field(snmp: &str, group: &str, field: &str) -> Option<u64> {
 
 /// Median, min, max.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Summary {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(super) struct Summary {
+    pub(super) median: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
 }
 
-fn summarize(samples: &[f64]) -> Option<Summary> {
+pub(super) fn summarize(samples: &[f64]) -> Option<Summary> {
     if samples.is_empty() {
         return None;
     }
@@ -580,7 +585,7 @@ fn summarize(samples: &[f64]) -> Option<Summary> {
 }
 
 /// `47962.4` → `47,962`.
-fn thousands(v: f64) -> String {
+pub(super) fn thousands(v: f64) -> String {
     let digits = format!("{:.0}", v.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
