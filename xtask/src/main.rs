@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long)]
         kubernetes: bool,
     },
-    /// Benchmarks: topology computation and the datapath, against Kilo's iptables baseline.
+    /// Benchmarks: topology computation, the datapath and masquerade, against Kilo's iptables baseline.
     Bench(xtask::bench::BenchArgs),
     /// Datapath bench: the request/response server (run inside a pod).
     #[command(hide = true)]
