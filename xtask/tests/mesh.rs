@@ -298,6 +298,45 @@ fn external_peer_and_allowed_location_ips() {
         );
     }
     eprintln!("    every node's pods reach the laptop at {LAPTOP_MESH_IP}");
+
+    // A range added to the running aws-1's file, as a user edits it: it
+    // becomes reachable from another location, the agent's own rewrites
+    // (every resync) keep it, and once removed it is unreachable again.
+    let key = "weft.dev/allowed-location-ips";
+    let added: std::net::Ipv4Addr = "172.31.0.1".parse().unwrap();
+    aws1.sh(&format!("ip addr add {added}/32 dev printer0"))
+        .unwrap();
+    mesh.set_annotations("aws-1", &[(key, Some("172.30.0.0/24,172.31.0.0/24"))])
+        .unwrap();
+    let far = &cluster.node("gcp-2").pods[0];
+    wait_for(
+        &format!("{} reaching the added range ({added})", far.name),
+        Duration::from_secs(30),
+        || ping_once(far, added).then_some(()),
+    );
+    // MeshOptions::default()'s --resync-period.
+    assert_eq!(mesh.opts.resync, "2s");
+    let resync = Duration::from_secs(2);
+    std::thread::sleep(10 * resync);
+    let file = std::fs::read_to_string(mesh.node_file("aws-1")).unwrap();
+    assert_eq!(
+        xtask::mesh::annotation_value(&file, key).as_deref(),
+        Some("172.30.0.0/24,172.31.0.0/24"),
+        "after ten resyncs:\n{file}"
+    );
+    assert!(ping_once(far, added), "{added} after ten resyncs");
+    mesh.set_annotations("aws-1", &[(key, Some("172.30.0.0/24"))])
+        .unwrap();
+    wait_for(
+        &format!("{added} unreachable from {} once removed", far.name),
+        Duration::from_secs(30),
+        || (!ping_once(far, added)).then_some(()),
+    );
+    assert!(
+        ping_once(far, printer),
+        "the range left in place still works"
+    );
+    eprintln!("    a range added to a running node is reachable, kept, and gone once removed");
 }
 
 /// 2 × resync + room for the connectivity check itself (a round of pings
