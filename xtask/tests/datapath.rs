@@ -98,11 +98,11 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
     let mut mesh = Mesh::new(&cluster, &bin_dir(), opts).unwrap();
     mesh.start("n1").unwrap();
     wait_for(
-        "the programs attached to the pod veths, the NIC and WireGuard",
+        "the programs attached to the pod veths, the NIC, the uplink and WireGuard",
         Duration::from_secs(60),
         || {
             mesh.check_running().unwrap();
-            (links_pinned(node).len() == 5).then_some(())
+            (links_pinned(node).len() == 6).then_some(())
         },
     );
     assert_eq!(
@@ -112,6 +112,8 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
             "nic_xdp@eth0",
             "pod_ingress@vp0",
             "pod_ingress@vp1",
+            // eth1, the public interface: masqueraded flows' replies.
+            "uplink_ingress@eth1",
             "wg_ingress@weft0"
         ]
     );
@@ -143,13 +145,13 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
         "{metrics}"
     );
 
-    // /health once reconciled, /graph the mesh in DOT.
+    // /health once reconciled, /graph?format=dot the mesh in DOT.
     let health = mesh.http_get("n1", "/health").unwrap();
     assert!(
         health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
         "{health}"
     );
-    let graph = mesh.http_get("n1", "/graph").unwrap();
+    let graph = mesh.http_get("n1", "/graph?format=dot").unwrap();
     assert!(graph.contains("digraph") && graph.contains("n1"), "{graph}");
     // --cni: the bridge plugin's conflist on the node's pod CIDR.
     let conf: serde_json::Value =
@@ -248,11 +250,11 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
             .unwrap()
     };
     wait_for(
-        "clsact filters on the pod veths, the NIC and WireGuard",
+        "clsact filters on the pod veths, the NIC, the uplink and WireGuard",
         Duration::from_secs(60),
         || {
             mesh.check_running().unwrap();
-            (links_pinned(node).len() == 5 && filters("weft0").contains("weft_wg_ingress"))
+            (links_pinned(node).len() == 6 && filters("weft0").contains("weft_wg_ingress"))
                 .then_some(())
         },
     );
