@@ -47,7 +47,7 @@ pub struct Options {
 }
 
 /// iperf3's port in the server pod.
-pub(super) const IPERF_PORT: u16 = 5201;
+const IPERF_PORT: u16 = 5201;
 /// The service CIDR exempted from masquerading in the Kilo-like rules.
 const SERVICE_CIDR: &str = "10.43.0.0/16";
 /// The location's WireGuard IP (`--subnet` 10.4.0.0/16, one segment),
@@ -296,30 +296,7 @@ impl<'a> Bed<'a> {
     /// iperf3 and the request/response server in the server pod, on CPU 0;
     /// then a ping from the client.
     fn start_servers(&self) -> Result<()> {
-        let s = self.server;
-        s.spawn_logged(
-            s.cmd("taskset")
-                .args(["-c", "0", "iperf3", "-s", "-p", &IPERF_PORT.to_string()]),
-            "iperf3-server",
-        )?;
-        s.spawn_logged(
-            s.cmd("taskset").args(["-c", "0"]).arg(own_exe()).args([
-                "bench-server",
-                "--port",
-                &rr::DEFAULT_PORT.to_string(),
-            ]),
-            "bench-server",
-        )?;
-        crate::mesh::wait(
-            Duration::from_secs(10),
-            "the benchmark servers to listen",
-            || {
-                s.sh("ss -Htln").is_ok_and(|o| {
-                    o.contains(&format!(":{IPERF_PORT} "))
-                        && o.contains(&format!(":{} ", rr::DEFAULT_PORT))
-                })
-            },
-        )?;
+        start_servers_in(self.server.namespace())?;
         self.client.ping(self.target, 3).with_context(|| {
             format!(
                 "{}: the client pod cannot reach the server",
@@ -724,6 +701,33 @@ fn check_forwarding(beds: &[Bed], forwarded: &[Forwarding]) -> Result<()> {
     } else {
         bail!("datapath check failed:\n  {}", problems.join("\n  "))
     }
+}
+
+/// iperf3 and the request/response server in `s`, on CPU 0, once both listen.
+pub(super) fn start_servers_in(s: &crate::testbed::Namespace) -> Result<()> {
+    s.spawn_logged(
+        s.cmd("taskset")
+            .args(["-c", "0", "iperf3", "-s", "-p", &IPERF_PORT.to_string()]),
+        "iperf3-server",
+    )?;
+    s.spawn_logged(
+        s.cmd("taskset").args(["-c", "0"]).arg(own_exe()).args([
+            "bench-server",
+            "--port",
+            &rr::DEFAULT_PORT.to_string(),
+        ]),
+        "bench-server",
+    )?;
+    crate::mesh::wait(
+        Duration::from_secs(10),
+        "the benchmark servers to listen",
+        || {
+            s.sh("ss -Htln").is_ok_and(|o| {
+                o.contains(&format!(":{IPERF_PORT} "))
+                    && o.contains(&format!(":{} ", rr::DEFAULT_PORT))
+            })
+        },
+    )
 }
 
 #[cfg(test)]

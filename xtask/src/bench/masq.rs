@@ -64,7 +64,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::datapath::{
-    IPERF_PORT, Options, Summary, iperf3, own_exe, request_response, snmp_field, summarize,
+    Options, Summary, iperf3, own_exe, request_response, snmp_field, start_servers_in, summarize,
     thousands,
 };
 use super::rr::{self, Mode};
@@ -675,30 +675,7 @@ impl<'a> Bed<'a> {
 
     /// iperf3 and the rr server on the external host, on CPU 0.
     fn start_servers(&self) -> Result<()> {
-        let s = self.ext;
-        s.spawn_logged(
-            s.cmd("taskset")
-                .args(["-c", "0", "iperf3", "-s", "-p", &IPERF_PORT.to_string()]),
-            "iperf3-server",
-        )?;
-        s.spawn_logged(
-            s.cmd("taskset").args(["-c", "0"]).arg(own_exe()).args([
-                "bench-server",
-                "--port",
-                &rr::DEFAULT_PORT.to_string(),
-            ]),
-            "bench-server",
-        )?;
-        crate::mesh::wait(
-            Duration::from_secs(10),
-            "the benchmark servers to listen",
-            || {
-                s.sh("ss -Htln").is_ok_and(|o| {
-                    o.contains(&format!(":{IPERF_PORT} "))
-                        && o.contains(&format!(":{} ", rr::DEFAULT_PORT))
-                })
-            },
-        )
+        start_servers_in(self.ext.namespace())
     }
 
     /// Waits until a short connection run from the pod to the external host
