@@ -1,6 +1,6 @@
 //! Cluster-wide settings: the flags every node must agree on for the mesh to
 //! be computed alike everywhere (granularity, WireGuard subnet and port,
-//! topology label, encapsulation, service CIDRs).
+//! topology label, encapsulation, service CIDRs, exit peers).
 
 use std::fmt;
 use std::num::NonZeroU16;
@@ -107,6 +107,11 @@ pub struct Settings {
     pub encapsulate: Encapsulate,
     /// Never masqueraded (network form).
     pub service_cidrs: Vec<IpNet>,
+    /// Whether an external peer may claim a `/0` (`0.0.0.0/0`, `::/0`): an
+    /// exit peer, which all traffic without a more specific owner is routed
+    /// to. Off by default: such a claim is refused with a warning (see
+    /// [`crate::topology::ownership`]).
+    pub allow_exit_peers: bool,
 }
 
 impl Default for Settings {
@@ -118,6 +123,7 @@ impl Default for Settings {
             topology_label: DEFAULT_TOPOLOGY_LABEL.to_owned(),
             encapsulate: Encapsulate::default(),
             service_cidrs: Vec::new(),
+            allow_exit_peers: false,
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct SettingsFile {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub service_cidrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_exit_peers: Option<bool>,
 }
 
 impl SettingsFile {
@@ -175,6 +183,9 @@ impl SettingsFile {
         }
         if let Some(e) = &self.encapsulate {
             s.encapsulate = e.parse().map_err(|err| bad("encapsulate", e, err))?;
+        }
+        if let Some(a) = self.allow_exit_peers {
+            s.allow_exit_peers = a;
         }
         for c in &self.service_cidrs {
             s.service_cidrs.push(

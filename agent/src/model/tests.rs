@@ -463,10 +463,16 @@ fn settings_parse_with_defaults_and_errors() {
         topology_label: Some("zone".into()),
         encapsulate: Some("crosssubnet".into()),
         service_cidrs: vec!["10.96.0.1/12".into()],
+        allow_exit_peers: Some(true),
     };
     let s = f.parse().unwrap();
     assert_eq!(s.subnet.to_string(), "10.40.1.0/24");
     assert_eq!(s.service_cidrs[0].to_string(), "10.96.0.0/12");
+    assert!(s.allow_exit_peers);
+    assert!(!Settings::default().allow_exit_peers);
+    // As settings.yaml writes it.
+    let f: SettingsFile = serde_norway::from_str("allowExitPeers: true\n").unwrap();
+    assert!(f.parse().unwrap().allow_exit_peers);
     for (bad, want) in [
         (
             SettingsFile {

@@ -4,14 +4,20 @@
 //! the same inputs, whatever their order.
 //!
 //! Semantics are Kilo's (`pkg/mesh/topology.go`, `routes.go`), with these
-//! differences: WireGuard addresses are stable ([`alloc`]); a set of demoted
-//! nodes is passed over in leader elections; an allowed IP claimed by two
-//! WireGuard peers of one configuration, or a public key used twice, is kept
-//! once (first wins) so that WireGuard never flaps between them; routes are
-//! unique per destination.
+//! differences: before anything is computed, every range is given to one
+//! owner and claims on others' ranges are refused ([`ownership`]: a peer
+//! cannot take a node's pod CIDR, nor a node another's); WireGuard addresses
+//! are stable ([`alloc`]); a set of demoted nodes is passed over in leader
+//! elections; an allowed IP claimed by two WireGuard peers of one
+//! configuration, or a public key used twice, is kept once (first wins) so
+//! that WireGuard never flaps between them; routes are unique per
+//! destination.
 
 pub mod alloc;
 pub mod diff;
+pub mod ownership;
+#[cfg(test)]
+mod ownership_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -29,6 +35,7 @@ use crate::model::{
 };
 
 pub use diff::{PeerChange, RouteChange, SetDiff, TopologyDiff, diff};
+pub use ownership::Claim;
 
 /// A segment's stable identity. Ordered as Kilo orders its segments
 /// (`location:...` before `node:...`).
@@ -75,7 +82,7 @@ pub struct Segment {
     /// Pod CIDRs and private IPs of the nodes, then the WireGuard IP (Kilo's order).
     pub allowed_ips: Vec<IpNet>,
     /// Routed to this segment but not part of the cluster (a printer...),
-    /// sorted, less those that overlap anything else.
+    /// sorted, less those refused by [`ownership`].
     pub allowed_location_ips: Vec<IpNet>,
 }
 
@@ -180,14 +187,25 @@ pub enum Warning {
     DuplicateNode(String),
     #[error("several peers are named {0:?}: all left out")]
     DuplicatePeer(String),
-    #[error("allowed location IP {cidr} of {segment} overlaps {with}: left out")]
-    AllowedLocationIpOverlap {
-        segment: SegmentId,
-        cidr: IpNet,
-        with: String,
-    },
-    #[error("allowed IP {cidr} of peer {peer:?} is already another peer's: left out")]
-    PeerAllowedIpTaken { peer: String, cidr: IpNet },
+    /// A claim on a range another owns ([`ownership`]), e.g. `allowed IP
+    /// 10.2.1.7/32 of peer "laptop" is inside pod CIDR 10.2.1.0/24 of node
+    /// "a1": left out (the peer keeps its other allowed IPs)`.
+    #[error(
+        "{refused} {} {owner}: {}",
+        ownership::relation(.refused, .owner),
+        .refused.consequence()
+    )]
+    RangeTaken { refused: Claim, owner: Claim },
+    /// A pod CIDR or allowed location IP of `/0` (`0.0.0.0/0`, `::/0`).
+    #[error("{refused} covers every address: {}", .refused.consequence())]
+    CoversEverything { refused: Claim },
+    /// A peer's `/0` while the settings allow no exit peer.
+    #[error(
+        "allowed IP {cidr} of peer {peer:?} covers every address (an exit peer), \
+         which the settings do not allow (allowExitPeers: false): left out \
+         (the peer keeps its other allowed IPs)"
+    )]
+    ExitPeerRefused { peer: String, cidr: IpNet },
     #[error("public key {key} of {dropped:?} is already {kept:?}'s: left out")]
     DuplicateKey {
         key: PublicKey,
@@ -215,10 +233,14 @@ pub enum TopologyError {
         segment: SegmentId,
         leader: String,
     },
+    #[error("node {name:?} is left out of the mesh: {reason}")]
+    NodeRefused { name: String, reason: String },
     #[error("no peer named {0:?}")]
     UnknownPeer(String),
     #[error("peer {0:?} is not ready: it has no allowed IPs")]
     PeerNotReady(String),
+    #[error("peer {0:?} is left out of the mesh: every allowed IP it claims is refused")]
+    PeerRefused(String),
     #[error(transparent)]
     SubnetExhausted(#[from] alloc::Exhausted),
 }
@@ -257,12 +279,17 @@ pub struct Mesh {
     pub settings: Settings,
     /// Sorted by id.
     pub segments: Vec<Segment>,
-    /// Ready peers, sorted by name, allowed IPs deduplicated (first by name wins).
+    /// Ready peers, sorted by name, with the allowed IPs they own ([`ownership`]).
     pub peers: Vec<Peer>,
     /// Nodes left out for not being ready, by name.
     pub not_ready: BTreeMap<String, NotReady>,
+    /// Ready nodes left out because their pod CIDR is refused
+    /// ([`ownership`]), with the warning that says why.
+    pub nodes_refused: BTreeMap<String, Warning>,
     /// Peers left out for having no allowed IPs.
     pub peers_not_ready: BTreeSet<String>,
+    /// Peers left out because every allowed IP they claim is refused ([`ownership`]).
+    pub peers_refused: BTreeSet<String>,
     pub warnings: Vec<Warning>,
     /// Per ready node: its segment's index, its index there, its own
     /// keepalive and discovered endpoints.
@@ -300,21 +327,19 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// Does `a` overlap `b`?
-fn intersect(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
 fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// A ready node, with what readiness guarantees made non-optional.
+/// A ready node, with what readiness guarantees made non-optional, and the
+/// ranges [`ownership`] leaves it.
 struct Ready<'a> {
     node: &'a Node,
     key: PublicKey,
     endpoint: &'a Endpoint,
     pod_cidr: IpNet,
+    private_ip: Option<IpNet>,
+    allowed_location_ips: Vec<IpNet>,
 }
 
 /// Picks a segment's leader among its ready nodes (sorted by name): an
@@ -359,7 +384,8 @@ impl Mesh {
             by_name.entry(&n.name).or_default().push(n);
         }
         let mut not_ready = BTreeMap::new();
-        let mut groups: BTreeMap<SegmentId, Vec<Ready<'_>>> = BTreeMap::new();
+        // Sorted by name: BTreeMap iteration.
+        let mut ready = Vec::with_capacity(by_name.len());
         for (name, same) in by_name {
             if same.len() > 1 {
                 warnings.push(Warning::DuplicateNode(name.to_owned()));
@@ -375,18 +401,40 @@ impl Mesh {
             else {
                 continue; // readiness checked these
             };
-            let id = match (settings.granularity, node.internal_ip) {
-                (Granularity::Location, Some(_)) => SegmentId::Location(node.location.clone()),
-                _ => SegmentId::Node(node.name.clone()),
-            };
-            // BTreeMap iteration is by name, so members are sorted by name.
-            groups.entry(id).or_default().push(Ready {
+            ready.push(Ready {
                 node,
                 key,
                 endpoint,
                 pod_cidr,
+                private_ip: node.internal_ip,
+                allowed_location_ips: node.allowed_location_ips.clone(),
             });
         }
+
+        // Who owns which range: nodes, then peers, then allowed location IPs.
+        // Room for every node's pod CIDR and private IP.
+        let mut owned = ownership::Owned::new(settings, 2 * ready.len());
+        let mut nodes_refused = BTreeMap::new();
+        let ready = ownership::nodes(ready, &mut owned, &mut nodes_refused, &mut warnings);
+        let (peers, peers_not_ready) = ready_peers(peers, &mut warnings);
+        let mut peers_refused = BTreeSet::new();
+        let peers = ownership::peers(
+            peers,
+            settings.allow_exit_peers,
+            &mut owned,
+            &mut peers_refused,
+            &mut warnings,
+        );
+        let mut groups: BTreeMap<SegmentId, Vec<Ready<'_>>> = BTreeMap::new();
+        for r in ready {
+            let id = match (settings.granularity, r.private_ip) {
+                (Granularity::Location, Some(_)) => SegmentId::Location(r.node.location.clone()),
+                _ => SegmentId::Node(r.node.name.clone()),
+            };
+            // In name order, so members are sorted by name.
+            groups.entry(id).or_default().push(r);
+        }
+        ownership::allowed_location_ips(&mut groups, &mut owned, &mut warnings);
 
         let mut segments = Vec::with_capacity(groups.len());
         let mut requests = Vec::with_capacity(groups.len());
@@ -411,10 +459,10 @@ impl Mesh {
             let mut location_ips = BTreeSet::new();
             for r in &ready {
                 allowed_ips.push(r.pod_cidr);
-                if let Some(p) = r.node.internal_ip {
+                if let Some(p) = r.private_ip {
                     allowed_ips.push(host_net(p.addr()));
                 }
-                location_ips.extend(r.node.allowed_location_ips.iter().copied());
+                location_ips.extend(r.allowed_location_ips.iter().copied());
             }
             for (i, r) in ready.iter().enumerate() {
                 members.insert(
@@ -434,7 +482,7 @@ impl Mesh {
                     .map(|r| SegmentNode {
                         name: r.node.name.clone(),
                         pod_cidr: r.pod_cidr,
-                        private_ip: r.node.internal_ip,
+                        private_ip: r.private_ip,
                         endpoint: r.endpoint.clone(),
                     })
                     .collect(),
@@ -453,14 +501,14 @@ impl Mesh {
             s.allowed_ips.push(host_net(ip));
         }
 
-        let (peers, peers_not_ready) = ready_peers(peers, &mut warnings);
-        filter_allowed_location_ips(&mut segments, &peers, &mut warnings);
         Ok(Mesh {
             settings: settings.clone(),
             segments,
             peers,
             not_ready,
+            nodes_refused,
             peers_not_ready,
+            peers_refused,
             warnings,
             members,
         })
@@ -477,15 +525,21 @@ impl Mesh {
     }
 
     fn member(&self, name: &str) -> Result<&Member, TopologyError> {
-        self.members
-            .get(name)
-            .ok_or_else(|| match self.not_ready.get(name) {
-                Some(reason) => TopologyError::NodeNotReady {
+        self.members.get(name).ok_or_else(|| {
+            if let Some(reason) = self.not_ready.get(name) {
+                TopologyError::NodeNotReady {
                     name: name.to_owned(),
                     reason: *reason,
-                },
-                None => TopologyError::UnknownNode(name.to_owned()),
-            })
+                }
+            } else if let Some(why) = self.nodes_refused.get(name) {
+                TopologyError::NodeRefused {
+                    name: name.to_owned(),
+                    reason: why.to_string(),
+                }
+            } else {
+                TopologyError::UnknownNode(name.to_owned())
+            }
+        })
     }
 
     /// Endpoints learned by WireGuard, by public key: `local`'s own first,
@@ -735,6 +789,8 @@ impl Mesh {
         self.peer(name).ok_or_else(|| {
             if self.peers_not_ready.contains(name) {
                 TopologyError::PeerNotReady(name.to_owned())
+            } else if self.peers_refused.contains(name) {
+                TopologyError::PeerRefused(name.to_owned())
             } else {
                 TopologyError::UnknownPeer(name.to_owned())
             }
@@ -903,15 +959,16 @@ fn unique_peers(
     out
 }
 
-/// Ready peers sorted by name (duplicated names left out), each allowed IP
-/// kept by the first peer that claims it (Kilo: two claimants would make
-/// the configuration flap).
-fn ready_peers(peers: &[Peer], warnings: &mut Vec<Warning>) -> (Vec<Peer>, BTreeSet<String>) {
+/// Peers with allowed IPs, sorted by name (duplicated names left out); their
+/// allowed IPs are then given to their owners ([`ownership::peers`]).
+fn ready_peers<'a>(
+    peers: &'a [Peer],
+    warnings: &mut Vec<Warning>,
+) -> (Vec<&'a Peer>, BTreeSet<String>) {
     let mut by_name: BTreeMap<&str, Vec<&Peer>> = BTreeMap::new();
     for p in peers {
         by_name.entry(&p.name).or_default().push(p);
     }
-    let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut not_ready = BTreeSet::new();
     for (name, same) in by_name {
@@ -920,71 +977,11 @@ fn ready_peers(peers: &[Peer], warnings: &mut Vec<Warning>) -> (Vec<Peer>, BTree
             continue;
         }
         let p = same[0];
-        if !p.is_ready() {
+        if p.is_ready() {
+            out.push(p);
+        } else {
             not_ready.insert(p.name.clone());
-            continue;
         }
-        let mut q = p.clone();
-        q.allowed_ips.clear();
-        for c in &p.allowed_ips {
-            if seen.insert(*c) {
-                q.allowed_ips.push(*c);
-            } else if !q.allowed_ips.contains(c) {
-                warnings.push(Warning::PeerAllowedIpTaken {
-                    peer: p.name.clone(),
-                    cidr: *c,
-                });
-            }
-        }
-        out.push(q);
     }
     (out, not_ready)
-}
-
-/// Kilo's `filterAllowedLocationIPs`: an allowed location IP is dropped when
-/// it overlaps another segment's allowed location IPs (as filtered so far,
-/// in segment order), any segment's allowed IPs or private IPs, or any
-/// peer's allowed IPs.
-fn filter_allowed_location_ips(
-    segments: &mut [Segment],
-    peers: &[Peer],
-    warnings: &mut Vec<Warning>,
-) {
-    for i in 0..segments.len() {
-        let candidates = std::mem::take(&mut segments[i].allowed_location_ips);
-        let mut kept = Vec::with_capacity(candidates.len());
-        'ip: for c in candidates {
-            let mut overlap = |with: String| {
-                warnings.push(Warning::AllowedLocationIpOverlap {
-                    segment: segments[i].id.clone(),
-                    cidr: c,
-                    with,
-                });
-            };
-            for (j, s) in segments.iter().enumerate() {
-                if j != i
-                    && let Some(o) = s.allowed_location_ips.iter().find(|o| intersect(&c, o))
-                {
-                    overlap(format!("allowed location IP {o} of {}", s.id));
-                    continue 'ip;
-                }
-                if let Some(o) = s.allowed_ips.iter().find(|o| intersect(&c, o)) {
-                    overlap(format!("{o} of {}", s.id));
-                    continue 'ip;
-                }
-                if let Some(o) = s.private_ips().find(|p| c.contains(p)) {
-                    overlap(format!("private IP {o} of {}", s.id));
-                    continue 'ip;
-                }
-            }
-            for p in peers {
-                if let Some(o) = p.allowed_ips.iter().find(|o| intersect(&c, o)) {
-                    overlap(format!("{o} of peer {:?}", p.name));
-                    continue 'ip;
-                }
-            }
-            kept.push(c);
-        }
-        segments[i].allowed_location_ips = kept;
-    }
 }

@@ -359,3 +359,241 @@ fn arbitrary_inputs_do_build_meshes() {
         "only {built} of 100 arbitrary clusters had a ready node"
     );
 }
+
+/// Ranges that collide with one another: pod CIDRs and ranges in and
+/// around them, the WireGuard subnets, the service CIDR, nodes' addresses
+/// and LANs, peers' usual ranges, `/0`.
+const RANGES: [&str; 22] = [
+    "10.2.1.0/24",
+    "10.2.1.7/32",
+    "10.2.1.128/25",
+    "10.2.0.0/16",
+    "10.2.2.0/24",
+    "10.0.0.0/8",
+    "0.0.0.0/0",
+    "::/0",
+    "10.4.0.9/32",
+    "10.4.0.0/24",
+    "fd00:4::9/128",
+    "fd00::/16",
+    "10.96.0.10/32",
+    "10.64.0.0/10",
+    "192.168.0.1/32",
+    "192.168.0.0/24",
+    "192.168.0.77/32",
+    "10.5.0.1/32",
+    "10.5.0.0/24",
+    "172.16.0.0/16",
+    "172.16.1.0/24",
+    "fd00:2::/64",
+];
+const POD_CIDRS: [&str; 9] = [
+    "10.2.1.0/24",
+    "10.2.1.128/25",
+    "10.2.2.0/24",
+    "10.2.3.0/24",
+    "10.2.0.0/16",
+    "10.4.1.0/24",
+    "10.96.1.0/24",
+    "fd00:2::/64",
+    "0.0.0.0/0",
+];
+const PRIVATE_IPS: [&str; 6] = [
+    "192.168.0.1/24",
+    "192.168.0.2/24",
+    "192.168.1.1/24",
+    "10.2.1.1/24",
+    "10.4.0.5/16",
+    "10.5.0.1/8",
+];
+
+fn arb_claiming_node() -> impl Strategy<Value = Node> {
+    (
+        prop::sample::select(vec!["a", "b", "c", "d", "e", "f", "g", "h"]),
+        prop::sample::select(vec!["x", "y"]),
+        prop::sample::select(POD_CIDRS.to_vec()),
+        prop::option::weighted(0.8, prop::sample::select(PRIVATE_IPS.to_vec())),
+        prop::collection::vec(prop::sample::select(RANGES.to_vec()), 0..3),
+        0u8..200,
+    )
+        .prop_map(|(name, location, pod, private, alips, k)| Node {
+            pod_cidr: Some(pod.parse().unwrap()),
+            location: location.into(),
+            key: Some(key(k)),
+            endpoint: Some(format!("198.51.100.{}:51820", k % 4 + 1).parse().unwrap()),
+            internal_ip: private.map(|p| p.parse().unwrap()),
+            last_seen: Some(NOW),
+            allowed_location_ips: alips.into_iter().map(|a| a.parse().unwrap()).collect(),
+            ..Node::named(name)
+        })
+}
+
+fn arb_claiming_peer() -> impl Strategy<Value = Peer> {
+    (
+        prop::sample::select(vec!["p", "q", "r", "s"]),
+        prop::collection::vec(prop::sample::select(RANGES.to_vec()), 0..4),
+        200u8..255,
+    )
+        .prop_map(|(name, ips, k)| Peer {
+            name: name.into(),
+            allowed_ips: ips.into_iter().map(|i| i.parse().unwrap()).collect(),
+            public_key: key(k),
+            endpoint: None,
+            persistent_keepalive: None,
+            preshared_key: None,
+        })
+}
+
+/// Who a range of the mesh belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Settings,
+    Pod(String),
+    Private(String),
+    Peer(String),
+    Location(SegmentId),
+}
+
+/// Every range the mesh gives someone: the settings', pod CIDRs, private
+/// IPs, peers' allowed IPs (less an exit peer's `/0`, which takes nothing),
+/// allowed location IPs.
+fn owned_ranges(m: &Mesh) -> Vec<(Owner, IpNet)> {
+    let mut out = vec![(Owner::Settings, m.settings.subnet)];
+    out.extend(
+        m.settings
+            .service_cidrs
+            .iter()
+            .map(|c| (Owner::Settings, *c)),
+    );
+    for s in &m.segments {
+        for n in &s.nodes {
+            out.push((Owner::Pod(n.name.clone()), n.pod_cidr));
+            if let Some(p) = n.private_ip {
+                out.push((Owner::Private(n.name.clone()), IpNet::from(p.addr())));
+            }
+        }
+        for c in &s.allowed_location_ips {
+            out.push((Owner::Location(s.id.clone()), *c));
+        }
+    }
+    for p in &m.peers {
+        for c in p.allowed_ips.iter().filter(|c| c.prefix_len() > 0) {
+            out.push((Owner::Peer(p.name.clone()), *c));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// After validation no two owners' ranges overlap (nodes may share a
+    /// private address; the settings' own ranges are not checked against
+    /// one another), a refused range is in no route, and a validated mesh
+    /// validates to itself.
+    #[test]
+    fn no_two_owners_overlap_after_validation(
+        nodes in prop::collection::vec(arb_claiming_node(), 0..10),
+        peers in prop::collection::vec(arb_claiming_peer(), 0..5),
+        allow_exit_peers in any::<bool>(),
+        granularity in prop::sample::select(vec![Granularity::Location, Granularity::Full]),
+        subnet in prop::sample::select(vec!["10.4.0.0/16", "fd00:4::/120"]),
+    ) {
+        let settings = Settings {
+            granularity,
+            subnet: subnet.parse().unwrap(),
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            allow_exit_peers,
+            ..Settings::default()
+        };
+        let m = Mesh::build(&nodes, &peers, &settings, NOW, &BTreeSet::new()).unwrap();
+        let ranges = owned_ranges(&m);
+        for (i, (a, x)) in ranges.iter().enumerate() {
+            for (b, y) in &ranges[i + 1..] {
+                let exempt = a == b
+                    || matches!((a, b), (Owner::Settings, Owner::Settings) | (Owner::Private(_), Owner::Private(_)));
+                prop_assert!(
+                    exempt || !(x.contains(y) || y.contains(x)),
+                    "{x} of {a:?} overlaps {y} of {b:?}"
+                );
+            }
+        }
+        let owned: BTreeSet<IpNet> = ranges.iter().map(|(_, r)| *r).collect();
+        for s in &m.segments {
+            for n in &s.nodes {
+                let t = m.topology(&n.name).unwrap();
+                check(&m, &t);
+                for r in &t.routes {
+                    prop_assert!(
+                        owned.contains(&r.dst)
+                            || (r.dst.prefix_len() == 0 && allow_exit_peers)
+                            || m.segments.iter().any(|s| IpNet::from(s.wireguard_ip) == r.dst),
+                        "route to {} of no owner", r.dst
+                    );
+                }
+            }
+        }
+        // Validating the outcome again refuses nothing more.
+        let again_nodes: Vec<Node> = nodes
+            .iter()
+            .filter(|n| m.segment_of(&n.name).is_some())
+            .map(|n| {
+                let s = m.segment_of(&n.name).unwrap();
+                let sn = s.nodes.iter().find(|x| x.name == n.name).unwrap();
+                Node {
+                    internal_ip: sn.private_ip,
+                    allowed_location_ips: if s.nodes[0].name == n.name {
+                        s.allowed_location_ips.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    ..n.clone()
+                }
+            })
+            .collect();
+        let again = Mesh::build(&again_nodes, &m.peers, &settings, NOW, &BTreeSet::new()).unwrap();
+        prop_assert!(again.warnings.iter().all(|w| matches!(w, Warning::DuplicateNode(_) | Warning::DuplicatePeer(_))), "{:?}", again.warnings);
+        prop_assert_eq!(&again.segments, &m.segments);
+        prop_assert_eq!(&again.peers, &m.peers);
+    }
+}
+
+fn arb_prefix() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (any::<u16>(), 0u8..=32).prop_map(|(a, len)| {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 | (u32::from(a) << 8));
+            IpNet::new(addr.into(), len).unwrap().trunc()
+        }),
+        (any::<u8>(), 0u8..=128).prop_map(|(a, len)| {
+            let addr = std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(a) << 64);
+            IpNet::new(addr.into(), len).unwrap().trunc()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// The owned-range maps find an overlapping range exactly when a scan of
+    /// all of them does, however the ranges were added.
+    #[test]
+    fn overlap_queries_match_a_scan(
+        owned_nets in prop::collection::vec(arb_prefix(), 0..24),
+        split in 0usize..24,
+        queries in prop::collection::vec(arb_prefix(), 1..24),
+    ) {
+        let (bulk, one_by_one) = owned_nets.split_at(split.min(owned_nets.len()));
+        let mut owned = ownership::Owned::default();
+        owned.insert_ranges(bulk, true);
+        owned.insert_ranges(one_by_one, false);
+        for q in queries {
+            let scan = owned_nets.iter().any(|o| o.contains(&q) || q.contains(o));
+            let found = owned.overlapping(q);
+            prop_assert_eq!(found.is_some(), scan, "{} in {:?}: {:?}", q, owned_nets, found);
+            if let Some(c) = found {
+                let r = c.range();
+                prop_assert!(r.contains(&q) || q.contains(&r), "{} {}", q, r);
+            }
+        }
+    }
+}

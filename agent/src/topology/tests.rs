@@ -12,28 +12,28 @@ use crate::model::{
     Encapsulate, Endpoint, Granularity, Keepalive, Key, Node, NotReady, Peer, PublicKey, Settings,
 };
 
-const NOW: i64 = 1_700_000_000;
+pub(super) const NOW: i64 = 1_700_000_000;
 
-fn key(n: u8) -> PublicKey {
+pub(super) fn key(n: u8) -> PublicKey {
     PublicKey::from_bytes([n; 32])
 }
-fn net(s: &str) -> IpNet {
+pub(super) fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
-fn ep(s: &str) -> Endpoint {
+pub(super) fn ep(s: &str) -> Endpoint {
     s.parse().unwrap()
 }
-fn ka(s: u16) -> Option<Keepalive> {
+pub(super) fn ka(s: u16) -> Option<Keepalive> {
     Keepalive::from_secs(s)
 }
-fn psk(n: u8) -> Key {
+pub(super) fn psk(n: u8) -> Key {
     Key::from_bytes([n; 32])
 }
 
-fn node(
+pub(super) fn node(
     name: &str,
     location: &str,
     endpoint: &str,
@@ -52,7 +52,7 @@ fn node(
     }
 }
 
-fn peer(name: &str, allowed: &[&str], k: u8) -> Peer {
+pub(super) fn peer(name: &str, allowed: &[&str], k: u8) -> Peer {
     Peer {
         name: name.into(),
         allowed_ips: allowed.iter().map(|a| net(a)).collect(),
@@ -66,7 +66,7 @@ fn peer(name: &str, allowed: &[&str], k: u8) -> Peer {
 /// Kilo's test cluster, made unambiguous: location 1 holds a, and d which
 /// has no private IP (so is alone); location 2 holds b, c (another private
 /// subnet) and e (b's private subnet); b has an allowed location IP.
-fn fixture() -> (Vec<Node>, Vec<Peer>) {
+pub(super) fn fixture() -> (Vec<Node>, Vec<Peer>) {
     let mut a = node(
         "a",
         "1",
@@ -110,7 +110,7 @@ fn fixture() -> (Vec<Node>, Vec<Peer>) {
     (vec![a, b, c, d, e], vec![p1, p2])
 }
 
-fn settings(g: Granularity, enc: Encapsulate) -> Settings {
+pub(super) fn settings(g: Granularity, enc: Encapsulate) -> Settings {
     Settings {
         granularity: g,
         encapsulate: enc,
@@ -118,42 +118,42 @@ fn settings(g: Granularity, enc: Encapsulate) -> Settings {
     }
 }
 
-fn build(nodes: &[Node], peers: &[Peer], s: &Settings) -> Mesh {
+pub(super) fn build(nodes: &[Node], peers: &[Peer], s: &Settings) -> Mesh {
     Mesh::build(nodes, peers, s, NOW, &BTreeSet::new()).unwrap()
 }
 
-fn loc(l: &str) -> SegmentId {
+pub(super) fn loc(l: &str) -> SegmentId {
     SegmentId::Location(l.into())
 }
-fn alone(n: &str) -> SegmentId {
+pub(super) fn alone(n: &str) -> SegmentId {
     SegmentId::Node(n.into())
 }
 
-fn wg(mesh: &Mesh, id: &SegmentId) -> IpAddr {
+pub(super) fn wg(mesh: &Mesh, id: &SegmentId) -> IpAddr {
     mesh.segments
         .iter()
         .find(|s| &s.id == id)
         .unwrap()
         .wireguard_ip
 }
-fn wg32(mesh: &Mesh, id: &SegmentId) -> IpNet {
+pub(super) fn wg32(mesh: &Mesh, id: &SegmentId) -> IpNet {
     IpNet::from(wg(mesh, id))
 }
 
-fn sorted(mut r: Vec<Route>) -> Vec<Route> {
+pub(super) fn sorted(mut r: Vec<Route>) -> Vec<Route> {
     r.sort();
     r
 }
-fn route(dst: &str, kind: RouteKind) -> Route {
+pub(super) fn route(dst: &str, kind: RouteKind) -> Route {
     Route {
         dst: net(dst),
         kind,
     }
 }
-fn via_wg(gw: IpAddr) -> RouteKind {
+pub(super) fn via_wg(gw: IpAddr) -> RouteKind {
     RouteKind::WireGuard { gateway: Some(gw) }
 }
-fn via_node(gw: &str, encapsulate: bool) -> RouteKind {
+pub(super) fn via_node(gw: &str, encapsulate: bool) -> RouteKind {
     RouteKind::Node {
         gateway: ip(gw),
         encapsulate,
@@ -669,11 +669,46 @@ fn allowed_location_ips_that_overlap_are_dropped() {
             ips: &["10.2.3.0/25"],
             kept: &[],
         },
+        // Kilo keeps these unless they hit an assigned WireGuard IP.
+        Case {
+            name: "inside the WireGuard subnet",
+            ips: &["10.4.0.0/24", "10.4.200.200/32"],
+            kept: &[],
+        },
+        Case {
+            name: "contains the WireGuard subnet",
+            ips: &["10.0.0.0/8"],
+            kept: &[],
+        },
+        Case {
+            name: "inside a service CIDR",
+            ips: &["10.96.0.10/32"],
+            kept: &[],
+        },
+        Case {
+            name: "covers every address",
+            ips: &["0.0.0.0/0", "::/0"],
+            kept: &[],
+        },
+        Case {
+            name: "a node's address",
+            ips: &["192.168.1.3/32"],
+            kept: &[],
+        },
+        Case {
+            name: "on a node's LAN, not on its address",
+            ips: &["192.168.0.77/32", "192.168.1.0/25"],
+            kept: &["192.168.0.77/32"],
+        },
     ];
+    let s = Settings {
+        service_cidrs: vec![net("10.96.0.0/12")],
+        ..Settings::default()
+    };
     for c in cases {
         let (mut nodes, peers) = fixture();
         nodes[0].allowed_location_ips = c.ips.iter().map(|i| net(i)).collect();
-        let m = build(&nodes, &peers, &Settings::default());
+        let m = build(&nodes, &peers, &s);
         let kept: Vec<IpNet> = c.kept.iter().map(|i| net(i)).collect();
         assert_eq!(
             m.segment_of("a").unwrap().allowed_location_ips,
@@ -754,8 +789,13 @@ fn peers_need_allowed_ips_and_do_not_share_them() {
     peers.push(peer("p9", &[], 14)); // not ready
     let m = build(&nodes, &peers, &Settings::default());
     let names: Vec<_> = m.peers.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["p0", "p1", "p2"]);
-    assert_eq!(m.peer("p2").unwrap().allowed_ips, Vec::<IpNet>::new());
+    // p2 owns nothing any more: left out.
+    assert_eq!(names, ["p0", "p1"]);
+    assert_eq!(m.peers_refused, BTreeSet::from(["p2".into()]));
+    assert_eq!(
+        m.peer_conf("p2"),
+        Err(TopologyError::PeerRefused("p2".into()))
+    );
     assert!(m.peers_not_ready.contains("p9"));
     assert_eq!(
         m.peer_conf("p9"),
