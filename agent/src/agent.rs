@@ -80,6 +80,11 @@ pub struct Config {
     /// Service CIDR(s), never masqueraded (comma-separated or repeated; added to settings.yaml's).
     #[arg(long, value_delimiter = ',')]
     pub service_cidr: Vec<IpNet>,
+    /// Let an external peer claim `0.0.0.0/0` (an exit peer: pod traffic with no more specific
+    /// route leaves through it, the node's own default route is kept). Refused otherwise, with
+    /// a warning. Also `allowExitPeers` in settings.yaml.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_exit_peers: bool,
     /// Masquerade, in eBPF: pod traffic leaving the cluster (and external peers' traffic going
     /// out through this node) gets this node's address. `false`: it leaves with the pod's own
     /// address, for networks that route the pod CIDRs.
@@ -263,6 +268,10 @@ struct Agent<B: Backend> {
     /// The device masquerade's FIB lookups are made from (0: the packet's own).
     fib_ifindex: u32,
 }
+
+/// The metric of an exit peer's `/0` kernel route: after any default route
+/// the node has (metric 0 unless set), so it only takes over without one.
+const EXIT_PEER_METRIC: u32 = 0x7fff_0000;
 
 /// Backend outages, so that the nodes' `last-seen` and `wireguard-alive`
 /// are not held against them while they could not publish them (see
@@ -589,6 +598,7 @@ impl<B: Backend> Agent<B> {
             encapsulate: self.cfg.encapsulate,
         };
         s = o.apply(s);
+        s.allow_exit_peers |= self.cfg.allow_exit_peers;
         for c in &self.cfg.service_cidr {
             if !s.service_cidrs.contains(&c.trunc()) {
                 s.service_cidrs.push(c.trunc());
@@ -690,8 +700,11 @@ impl<B: Backend> Agent<B> {
             self.demoted = demoted.clone();
         }
         let mesh = Mesh::build(&nodes, &peers, &settings, ready_now, &demoted)?;
+        // A node left out for its pod CIDR is said once, as a refusal.
+        let node_refusals: Vec<&Warning> = mesh.nodes_refused.values().collect();
         for w in &mesh.warnings {
             match w {
+                _ if node_refusals.contains(&w) => {}
                 Warning::DuplicateNode(n) => {
                     refused.push(Refusal::duplicate_name(RefusalKind::Node, n))
                 }
@@ -711,6 +724,18 @@ impl<B: Backend> Agent<B> {
                 .iter()
                 .map(|name| Refusal::peer_without_allowed_ips(name)),
         );
+        refused.extend(
+            mesh.nodes_refused
+                .iter()
+                .map(|(name, why)| Refusal::range_taken(RefusalKind::Node, name, why.to_string())),
+        );
+        refused.extend(mesh.peers_refused.iter().map(|name| {
+            Refusal::range_taken(
+                RefusalKind::Peer,
+                name,
+                "every allowed IP it claims is another's (see the warnings naming it)".to_owned(),
+            )
+        }));
         let present: BTreeSet<(RefusalKind, &str)> = objects
             .iter()
             .map(|n| (RefusalKind::Node, n.name.as_str()))
@@ -933,11 +958,14 @@ impl<B: Backend> Agent<B> {
                     None => continue,
                 },
             };
+            // An exit peer's /0 (allowExitPeers) backs the node's own default
+            // route up rather than replacing it: host traffic keeps its uplink.
+            let metric = (r.dst.prefix_len() == 0).then_some(EXIT_PEER_METRIC);
             desired.push(DesiredRoute {
                 dst: r.dst,
                 via,
                 src: None,
-                metric: None,
+                metric,
                 mtu: None,
             });
         }

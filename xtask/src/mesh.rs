@@ -739,3 +739,80 @@ pub fn edit_annotations(yaml: &str, changes: &[(&str, Option<&str>)]) -> String 
     }
     out
 }
+
+/// A WireGuard public key made of `seed` (any 32 bytes are a key to
+/// WireGuard), for nodes and peers that have no agent behind them.
+pub fn fake_key(seed: u32) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = [0x5au8; 32];
+    bytes[..4].copy_from_slice(&seed.to_be_bytes());
+    bytes[4..8].copy_from_slice(b"weft");
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
+}
+
+/// Seconds since the epoch, as `last-seen` holds them.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A node file for a node without an agent: key, endpoint, pod CIDR, fresh
+/// last-seen, in `location`, with extra `weft.dev/` annotations.
+pub fn fake_node_yaml(
+    name: &str,
+    location: &str,
+    key: &str,
+    endpoint: &str,
+    pod_cidr: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut s = format!(
+        "name: {name}\npodCIDR: {pod_cidr}\nlabels:\n  topology.kubernetes.io/region: {location}\n\
+         annotations:\n  weft.dev/key: \"{key}\"\n  weft.dev/endpoint: \"{endpoint}\"\n  \
+         weft.dev/last-seen: \"{}\"\n",
+        unix_now()
+    );
+    for (k, v) in extra {
+        s.push_str(&format!("  weft.dev/{k}: {v:?}\n"));
+    }
+    s
+}
+
+/// The spec of a peer file or `Peer` (indented by two, for [`Mesh::apply_peer`]).
+pub fn peer_spec(key: &str, allowed: &[&str]) -> String {
+    let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "  allowedIPs: [{}]\n  publicKey: \"{key}\"\n",
+        allowed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod fake_tests {
+    use super::*;
+
+    #[test]
+    fn fake_keys_are_32_bytes_of_base64() {
+        let k = fake_key(4999);
+        assert_eq!(k.len(), 44);
+        assert!(k.ends_with('='));
+        assert_ne!(fake_key(1), fake_key(2));
+    }
+}

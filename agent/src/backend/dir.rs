@@ -348,6 +348,11 @@ impl Backend for DirWatch {
             Err(e) => anyhow::bail!("re-reading this node's file: {e}"),
         };
         super::apply_patch(&mut own.annotations, patch);
+        if own.creation_timestamp.is_none() {
+            // Stamped once, as the API server stamps a Node: a file added
+            // later to claim this node's pod CIDR is younger and loses.
+            own.creation_timestamp = Some(jiff::Timestamp::now().to_string());
+        }
         self.dir
             .write_node(&own)
             .map_err(|e| anyhow::anyhow!("writing this node's file: {e}"))?;
@@ -480,6 +485,7 @@ mod tests {
             pod_cidr: Some("10.2.1.0/24".into()),
             labels: BTreeMap::from([("topology.kubernetes.io/region".into(), "eu".into())]),
             annotations: BTreeMap::from([("weft.dev/leader".into(), String::new())]),
+            creation_timestamp: None,
         }
     }
 

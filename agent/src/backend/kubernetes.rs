@@ -85,6 +85,11 @@ pub fn node_object(n: &Node) -> NodeObject {
         pod_cidr,
         labels: n.labels().clone().into_iter().collect(),
         annotations: n.annotations().clone().into_iter().collect(),
+        creation_timestamp: n
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
     }
 }
 
@@ -429,6 +434,22 @@ pub fn crds_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodes_creation_time_is_the_api_servers() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "creationTimestamp": "2026-12-02T04:00:00Z"},
+            "spec": {"podCIDR": "10.42.0.0/24"}
+        }))
+        .unwrap();
+        let o = node_object(&n);
+        assert_eq!(
+            o.creation_timestamp.as_deref(),
+            Some("2026-12-02T04:00:00Z")
+        );
+        let parsed = crate::model::Node::parse(&o, "").unwrap();
+        assert_eq!(parsed.created, Some(1_796_184_000));
+    }
 
     #[test]
     fn the_committed_crds_are_the_generated_ones() {

@@ -27,6 +27,15 @@ pub struct NodeObject {
     pub labels: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "super::string_map")]
     pub annotations: BTreeMap<String, String>,
+    /// When the object was created (RFC 3339): a Kubernetes Node's
+    /// `metadata.creationTimestamp`, which the API server sets and no client
+    /// can choose. Decides who keeps a pod CIDR two nodes claim.
+    #[serde(
+        rename = "creationTimestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub creation_timestamp: Option<String>,
 }
 
 /// A parsed node. Optional fields are those a node may not have published
@@ -59,6 +68,8 @@ pub struct Node {
     /// Unix seconds of the last sign of life this node, as a leader, had
     /// from another segment's leader over WireGuard (leader health).
     pub wireguard_alive: Option<i64>,
+    /// Unix seconds of the object's creation ([`NodeObject::creation_timestamp`]).
+    pub created: Option<i64>,
 }
 
 /// Why a node is not ready.
@@ -94,6 +105,7 @@ impl Node {
             discovered_endpoints: BTreeMap::new(),
             granularity: None,
             wireguard_alive: None,
+            created: None,
         }
     }
 
@@ -159,6 +171,16 @@ impl Node {
                     })?
                     .trunc(),
             );
+        }
+        if let Some(t) = o.creation_timestamp.as_deref() {
+            let ts: jiff::Timestamp = t.trim().parse().map_err(|e: jiff::Error| ModelError {
+                object: obj(),
+                field: "creationTimestamp".into(),
+                what: "RFC 3339 time",
+                value: t.to_owned(),
+                reason: e.to_string(),
+            })?;
+            n.created = Some(ts.as_second());
         }
         n.location = match present(a::LOCATION) {
             Some((_, v)) => v.to_owned(),

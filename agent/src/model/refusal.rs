@@ -45,6 +45,7 @@ pub const NODE_REASONS: &[&str] = &[
     "never_seen",
     "stale",
     "duplicate_name",
+    "range_taken",
 ];
 
 /// Every reason a peer can be refused for.
@@ -56,6 +57,7 @@ pub const PEER_REASONS: &[&str] = &[
     "invalid_value",
     "no_allowed_ips",
     "duplicate_name",
+    "range_taken",
 ];
 
 /// One object left out of the mesh.
@@ -170,6 +172,24 @@ impl Refusal {
             field: "spec.allowedIPs".to_owned(),
             reason: "no_allowed_ips",
             detail: "empty: a peer needs at least one allowed IP".to_owned(),
+            note: None,
+        }
+    }
+
+    /// A node whose pod CIDR, or a peer all of whose allowed IPs, another
+    /// object or the settings own (`detail`: the ownership warning, which
+    /// names both sides and the range).
+    pub fn range_taken(kind: RefusalKind, name: &str, detail: String) -> Refusal {
+        let field = match kind {
+            RefusalKind::Node => "podCIDR",
+            RefusalKind::Peer => "spec.allowedIPs",
+        };
+        Refusal {
+            kind,
+            name: name.to_owned(),
+            field: field.to_owned(),
+            reason: "range_taken",
+            detail,
             note: None,
         }
     }

@@ -18,6 +18,7 @@ fn obj(name: &str, ann: &[(&str, &str)]) -> NodeObject {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        creation_timestamp: None,
     }
 }
 
@@ -544,4 +545,16 @@ fn discovered_endpoints_round_trip_through_the_annotation() {
     );
     let n = parse(&[("weft.dev/discovered-endpoints", &text)]).unwrap();
     assert_eq!(n.discovered_endpoints, map);
+}
+
+#[test]
+fn creation_timestamp_is_parsed_or_named_in_the_error() {
+    let mut o = obj("a", &[]);
+    o.creation_timestamp = Some("2026-12-02T04:00:00Z".into());
+    assert_eq!(Node::parse(&o, "").unwrap().created, Some(1_796_184_000));
+    assert_eq!(Node::parse(&obj("a", &[]), "").unwrap().created, None);
+    o.creation_timestamp = Some("yesterday".into());
+    let e = Node::parse(&o, "").unwrap_err();
+    assert_eq!(e.field, "creationTimestamp");
+    assert!(e.to_string().contains("yesterday"), "{e}");
 }

@@ -11,14 +11,17 @@
 //!
 //! 1. **The settings**: the WireGuard subnet and the service CIDRs. They are
 //!    the cluster's configuration, the same on every node, and never refused.
-//! 2. **Nodes' pod CIDRs**, nodes in name order. A pod CIDR that covers
+//! 2. **Nodes' pod CIDRs**, oldest node first. A pod CIDR that covers
 //!    every address (`/0`), or overlaps the WireGuard subnet, a service CIDR
-//!    or the pod CIDR of a node earlier by name, is refused, and its node is
-//!    left out of the mesh as a node without a pod CIDR would be
-//!    ([`Mesh::nodes_refused`](super::Mesh::nodes_refused)). Name order,
-//!    because the model holds no creation time (the directory backend has
-//!    none); Kubernetes' IPAM never hands out overlapping pod CIDRs, so this
-//!    is a hand-written mistake.
+//!    or the pod CIDR of an older node, is refused, and its node is left out
+//!    of the mesh as a node without a pod CIDR would be
+//!    ([`Mesh::nodes_refused`](super::Mesh::nodes_refused)). Age is the
+//!    object's creation time, which the Kubernetes API server sets and no
+//!    client chooses: a Node created to claim a running node's range loses,
+//!    whatever its name. Nodes without one (directory files without
+//!    `creationTimestamp`) come after those with one; name order breaks
+//!    ties. Kubernetes' IPAM never hands out overlapping pod CIDRs, so an
+//!    overlap is a hand-written mistake or an attack.
 //! 3. **Nodes' private IPs**: the address of `internal-ip`, not its LAN
 //!    prefix. One inside the WireGuard subnet, a service CIDR or any pod
 //!    CIDR (its own included: a bridge address taken for the internal IP) is
@@ -434,7 +437,8 @@ pub(super) fn nodes<'a>(
         }
         if end - g > 1 {
             let mut group: Vec<usize> = order[g..end].iter().map(|&(_, i)| i).collect();
-            group.sort_unstable();
+            // The older object keeps the range; name order among equals.
+            group.sort_unstable_by_key(|&i| (ready[i].node.created.unwrap_or(i64::MAX), i));
             let mut kept = Owned::default();
             for i in group {
                 let r = &ready[i];

@@ -435,6 +435,72 @@ fn a_node_keeps_only_the_ranges_it_owns() {
     }
 }
 
+/// Age, not name, decides a pod CIDR two nodes claim: an intruder named
+/// to sort first loses to the older node; without creation times, names.
+#[test]
+fn the_older_node_keeps_a_pod_cidr() {
+    struct Case {
+        name: &'static str,
+        owner_created: Option<i64>,
+        intruder_created: Option<i64>,
+        kept_by: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "older owner",
+            owner_created: Some(100),
+            intruder_created: Some(200),
+            kept_by: "a",
+        },
+        Case {
+            name: "intruder without a creation time",
+            owner_created: Some(100),
+            intruder_created: None,
+            kept_by: "a",
+        },
+        Case {
+            name: "older intruder",
+            owner_created: Some(200),
+            intruder_created: Some(100),
+            kept_by: "0-intruder",
+        },
+        Case {
+            name: "no creation times: name order",
+            owner_created: None,
+            intruder_created: None,
+            kept_by: "0-intruder",
+        },
+    ];
+    for c in cases {
+        let (mut nodes, peers) = fixture();
+        nodes[0].created = c.owner_created;
+        let mut x = node(
+            "0-intruder",
+            "3",
+            "10.1.0.9:51820",
+            Some("192.168.3.9/24"),
+            "10.2.1.0/24",
+            9,
+        );
+        x.last_seen = Some(NOW);
+        x.created = c.intruder_created;
+        nodes.push(x);
+        let m = build(&nodes, &peers, &settings());
+        let loser = if c.kept_by == "a" { "0-intruder" } else { "a" };
+        assert!(m.segment_of(c.kept_by).is_some(), "{}", c.name);
+        assert!(m.nodes_refused.contains_key(loser), "{}", c.name);
+        assert_eq!(
+            m.warnings,
+            vec![taken(
+                pod(loser, "10.2.1.0/24"),
+                pod(c.kept_by, "10.2.1.0/24")
+            )],
+            "{}",
+            c.name
+        );
+    }
+}
+
 #[test]
 fn warnings_name_both_sides_and_the_range() {
     let (mut nodes, mut peers) = fixture();

@@ -269,6 +269,7 @@ fn arb_raw_node() -> impl Strategy<Value = NodeObject> {
                 pod_cidr,
                 labels: BTreeMap::new(),
                 annotations,
+                creation_timestamp: None,
             }
         })
 }

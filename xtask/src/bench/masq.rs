@@ -61,14 +61,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::datapath::{
     Options, Summary, iperf3, own_exe, request_response, snmp_field, start_servers_in, summarize,
     thousands,
 };
 use super::rr::{self, Mode};
-use crate::mesh::{Mesh, MeshOptions};
+use crate::mesh::{Mesh, MeshOptions, fake_key, unix_now};
 use crate::testbed::{
     Cluster, ClusterSpec, EXTERNAL_HOST_IP, Host, Ipv4Net, LocationSpec, Node, POD_NIC, Pod,
     cluster_cidr,
@@ -325,30 +325,6 @@ fn kilo_routes(node: &Node, nodes: &[MeshNode], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A WireGuard public key made of `seed` (any 32 bytes are a key to WireGuard).
-fn fake_key(seed: u32) -> String {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bytes = [0x6du8; 32];
-    bytes[..4].copy_from_slice(&seed.to_be_bytes());
-    bytes[4..8].copy_from_slice(b"masq");
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    while !out.len().is_multiple_of(4) {
-        out.push('=');
-    }
-    out
-}
-
 /// The node file of mesh node `i` ≥ 1: alone in its location, ready for a
 /// day, its WireGuard IP claimed so that weft's exemptions are the
 /// baselines' ones.
@@ -367,13 +343,6 @@ fn fake_node_yaml(i: usize, m: &MeshNode, last_seen: i64) -> (String, String) {
         m.wireguard_ip,
     );
     (name, yaml)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// One variant's test bed.
@@ -1284,13 +1253,5 @@ mod tests {
             let net = cidr(e);
             assert!(!net.contains(&EXTERNAL_HOST_IP), "{e}");
         }
-    }
-
-    #[test]
-    fn fake_keys_are_32_bytes_of_base64() {
-        let k = fake_key(4999);
-        assert_eq!(k.len(), 44);
-        assert!(k.ends_with('='));
-        assert_ne!(fake_key(1), fake_key(2));
     }
 }
