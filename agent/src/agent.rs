@@ -269,6 +269,18 @@ struct Agent<B: Backend> {
     fib_ifindex: u32,
 }
 
+/// The outer IPv4 header IPIP adds.
+const IPIP_OVERHEAD: u32 = 20;
+
+/// The MTU of interface `name`, from sysfs.
+fn link_mtu(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The metric of an exit peer's `/0` kernel route: after any default route
 /// the node has (metric 0 unless set), so it only takes over without one.
 const EXIT_PEER_METRIC: u32 = 0x7fff_0000;
@@ -935,6 +947,8 @@ impl<B: Backend> Agent<B> {
 
         // Kernel routes: for traffic the host itself originates.
         let nic_ref = nic.clone().map(LinkRef::Name);
+        let hops = self.node_next_hops(topo, nic.as_deref()).await?;
+        let nic_mtu = nic.as_deref().and_then(link_mtu);
         let mut desired = Vec::new();
         for r in &topo.routes {
             let via = match &r.kind {
@@ -947,11 +961,11 @@ impl<B: Backend> Agent<B> {
                 RouteKind::WireGuard { gateway: None } => {
                     RouteVia::Device(LinkRef::Name(self.cfg.interface.clone()))
                 }
+                // Out of the NIC, through the node itself or the router
+                // before it; IPIP is added on the NIC's egress (no ipip module).
                 RouteKind::Node { gateway, .. } => match &nic_ref {
-                    // No ipip module: host traffic inside a location is routed
-                    // directly; pod traffic is encapsulated by the datapath.
                     Some(dev) => RouteVia::Gateway {
-                        gw: *gateway,
+                        gw: hops.get(gateway).copied().unwrap_or(*gateway),
                         dev: dev.clone(),
                         onlink: true,
                     },
@@ -961,12 +975,19 @@ impl<B: Backend> Agent<B> {
             // An exit peer's /0 (allowExitPeers) backs the node's own default
             // route up rather than replacing it: host traffic keeps its uplink.
             let metric = (r.dst.prefix_len() == 0).then_some(EXIT_PEER_METRIC);
+            // Room for the outer header, so that the host's packets fit the NIC.
+            let mtu = match &r.kind {
+                RouteKind::Node {
+                    encapsulate: true, ..
+                } => nic_mtu.map(|m| m - IPIP_OVERHEAD),
+                _ => None,
+            };
             desired.push(DesiredRoute {
                 dst: r.dst,
                 via,
                 src: None,
                 metric,
-                mtu: None,
+                mtu,
             });
         }
         let rs = self.routes.reconcile(&desired).await?;
@@ -1005,7 +1026,13 @@ impl<B: Backend> Agent<B> {
                     (Some(nic), Some(src)) if *encapsulate => {
                         weft_common::maps::Route::node_ipip(nic, gw.octets(), src.octets())
                     }
-                    (Some(nic), _) => weft_common::maps::Route::node(nic, gw.octets()),
+                    (Some(nic), _) => {
+                        let hop = match hops.get(&IpAddr::V4(*gw)) {
+                            Some(IpAddr::V4(h)) => *h,
+                            _ => *gw,
+                        };
+                        weft_common::maps::Route::node(nic, hop.octets())
+                    }
                     _ => continue,
                 },
                 RouteKind::Node { .. } => continue,
@@ -1044,6 +1071,14 @@ impl<B: Backend> Agent<B> {
         self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
         let nics: Vec<String> = nic.into_iter().collect();
         self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
+        // Only where the location may encapsulate: an LPM lookup per packet
+        // the host sends is not worth paying for nothing.
+        let egress_nics = if topo.encapsulate == Encapsulate::Never {
+            &[][..]
+        } else {
+            nics.as_slice()
+        };
+        self.datapath.reconcile_hook(Hook::NicEgress, egress_nics)?;
         // Replies to masqueraded flows come back by the device they left
         // by: any other device with an address gets the reverse translation.
         let uplinks: Vec<String> = if self.cfg.masquerade {
@@ -1095,6 +1130,44 @@ impl<B: Backend> Agent<B> {
             }
         }
         Ok(())
+    }
+
+    /// The next hop towards each node of this location that is not on a
+    /// link of `nic` (a subnet behind a router): the kernel's gateway to it.
+    /// Nodes on the NIC's own subnets are their own next hop (not listed).
+    async fn node_next_hops(
+        &self,
+        topo: &Topology,
+        nic: Option<&str>,
+    ) -> Result<BTreeMap<IpAddr, IpAddr>> {
+        let mut hops = BTreeMap::new();
+        let Some(nic) = nic else { return Ok(hops) };
+        let subnets: Vec<ipnet::Ipv4Net> = detect::addresses()?
+            .into_iter()
+            .filter(|a| a.ifname == nic)
+            .map(|a| a.net.trunc())
+            .collect();
+        for r in &topo.routes {
+            let RouteKind::Node {
+                gateway: IpAddr::V4(gw),
+                ..
+            } = r.kind
+            else {
+                continue;
+            };
+            if hops.contains_key(&IpAddr::V4(gw)) || subnets.iter().any(|s| s.contains(&gw)) {
+                continue;
+            }
+            if let Some(hop) = self
+                .routes
+                .gateway_towards(gw)
+                .await
+                .with_context(|| format!("finding the next hop towards node {gw}"))?
+            {
+                hops.insert(IpAddr::V4(gw), hop);
+            }
+        }
+        Ok(hops)
     }
 
     /// Masquerade's maps: the topology's sources and exemptions (by

@@ -329,6 +329,32 @@ impl Routes {
         Ok(all)
     }
 
+    /// The gateway the kernel would send a packet for `dst` through
+    /// (`ip route get`), or `None` when `dst` is on a link of this host.
+    pub async fn gateway_towards(
+        &self,
+        dst: std::net::Ipv4Addr,
+    ) -> Result<Option<IpAddr>, RouteError> {
+        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let found: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("looking up the route to {dst}")))?;
+        Ok(found
+            .iter()
+            .flat_map(|m| &m.attributes)
+            .find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+                _ => None,
+            }))
+    }
+
     fn ours(&self, m: &RouteMessage) -> bool {
         u8::from(m.header.protocol) == self.protocol
     }

@@ -102,12 +102,15 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
         Duration::from_secs(60),
         || {
             mesh.check_running().unwrap();
-            (links_pinned(node).len() == 6).then_some(())
+            (links_pinned(node).len() == 7).then_some(())
         },
     );
     assert_eq!(
         links_pinned(node),
         [
+            // The NIC's egress: IPIP for what the host itself sends
+            // (the default, crosssubnet, may encapsulate).
+            "nic_egress@eth0",
             "nic_ingress@eth0",
             "nic_xdp@eth0",
             "pod_ingress@vp0",
@@ -254,7 +257,7 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
         Duration::from_secs(60),
         || {
             mesh.check_running().unwrap();
-            (links_pinned(node).len() == 6 && filters("weft0").contains("weft_wg_ingress"))
+            (links_pinned(node).len() == 7 && filters("weft0").contains("weft_wg_ingress"))
                 .then_some(())
         },
     );
@@ -268,6 +271,8 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
         "{}",
         filters("eth0")
     );
+    let egress = || node.sh("tc filter show dev eth0 egress").unwrap();
+    assert!(egress().contains("weft_nic_egress"), "{}", egress());
     // No TCX link: the markers are directories, not pinned links.
     assert!(node.bpffs_dir.join("weft/links/pod_ingress@vp0").is_dir());
 
@@ -310,4 +315,5 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
     for dev in ["vp0", "vp1", "eth0"] {
         assert!(!filters(dev).contains("weft_"), "{dev}: {}", filters(dev));
     }
+    assert!(!egress().contains("weft_"), "eth0 egress: {}", egress());
 }

@@ -4,8 +4,8 @@
 //! whatever reaches a pod was forwarded by the tc programs, never by the kernel.
 //!
 //! - every pod reaches every other pod with `encapsulate: never`,
-//!   `crosssubnet` (gcp's two nodes moved to different subnets, aws's kept
-//!   in one) and `always`, and the counters on every node of each path grow
+//!   `crosssubnet` (gcp's two nodes moved to different subnets behind a
+//!   router, aws's kept in one; the hosts' own traffic is encapsulated too) and `always`, and the counters on every node of each path grow
 //!   by at least the packets sent (redirects, IPIP encapsulation and
 //!   decapsulation, delivery);
 //! - the laptop (external WireGuard peer) and the nodes themselves reach
@@ -514,23 +514,54 @@ fn ebpf_path_encapsulate_never() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn ebpf_path_encapsulate_crosssubnet() {
     let started = Instant::now();
-    // gcp-2 moves to 192.168.12.11/24 on the same LAN (on-link routes both
-    // ways): gcp's nodes are in different subnets, aws's in one.
+    // gcp-2 moves to 192.168.12.11/24 behind a router (the gcp LAN
+    // namespace, 192.168.2.1 on br0 and 192.168.12.1 on a new br1): gcp's
+    // nodes are in different subnets with no L2 between them, and the
+    // router knows no pod CIDR; aws's nodes share one subnet.
     let prepare = |c: &Cluster| {
+        let port = format!("n{}", c.node("gcp-2").index);
+        c.location("gcp")
+            .sh(&format!(
+                "ip link add br1 type bridge && ip link set br1 up && \
+                 ip link set {port} nomaster && ip link set {port} master br1 && \
+                 ip addr add 192.168.2.1/24 dev br0 && ip addr add 192.168.12.1/24 dev br1 && \
+                 sysctl -qw net.ipv4.ip_forward=1"
+            ))
+            .unwrap();
         c.node("gcp-2")
             .sh("ip addr del 192.168.2.11/24 dev eth0 && \
                  ip addr add 192.168.12.11/24 dev eth0 && \
-                 ip route add 192.168.2.0/24 dev eth0")
+                 ip route add 192.168.2.0/24 via 192.168.12.1")
             .unwrap();
         c.node("gcp-1")
-            .sh("ip route add 192.168.12.0/24 dev eth0")
+            .sh("ip route add 192.168.12.0/24 via 192.168.2.1")
+            .unwrap();
+        // The router joins the two nodes' subnets.
+        c.node("gcp-1")
+            .ping(Ipv4Addr::new(192, 168, 12, 11), 1)
             .unwrap();
     };
     let (cluster, totals) = connectivity_on_the_ebpf_path(
         &["encapsulate: crosssubnet"],
         prepare,
         &|a, b| !same_subnet(a, b),
-        nodes_reach_every_pod,
+        |mesh| {
+            let before = snapshot(mesh.cluster);
+            nodes_reach_every_pod(mesh);
+            // The hosts' own traffic to the other subnet's pods crossed
+            // the router encapsulated too (the NIC's egress program).
+            let after = snapshot(mesh.cluster);
+            for n in ["gcp-1", "gcp-2"] {
+                let grew = |c: Counter| after[n][&(c as u32)] - before[n][&(c as u32)];
+                assert!(
+                    grew(Counter::HostIpipEncap) >= 2,
+                    "{n}: host traffic not encapsulated"
+                );
+            }
+            for n in ["aws-1", "aws-2"] {
+                assert_eq!(after[n][&(Counter::HostIpipEncap as u32)], 0, "{n}");
+            }
+        },
     );
     for n in ["aws-1", "aws-2", "onprem-1"] {
         assert_eq!(totals[n][&(Counter::RedirectNodeIpip as u32)], 0, "{n}");

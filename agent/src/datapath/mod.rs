@@ -54,15 +54,19 @@ pub enum Hook {
     NicXdp,
     /// tc ingress of the node's other uplinks: replies to masqueraded flows.
     UplinkIngress,
+    /// tc egress of the node's NIC: IPIP for what the kernel itself sends
+    /// to a pod CIDR reached through IPIP.
+    NicEgress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 6] = [
         Hook::PodIngress,
         Hook::NicIngress,
         Hook::WgIngress,
         Hook::NicXdp,
         Hook::UplinkIngress,
+        Hook::NicEgress,
     ];
 
     /// The program's name in the eBPF object.
@@ -73,6 +77,7 @@ impl Hook {
             Hook::WgIngress => "weft_wg_ingress",
             Hook::NicXdp => "weft_xdp_ipip",
             Hook::UplinkIngress => "weft_uplink_ingress",
+            Hook::NicEgress => "weft_nic_egress",
         }
     }
 
@@ -84,6 +89,15 @@ impl Hook {
             Hook::WgIngress => "wg_ingress",
             Hook::NicXdp => "nic_xdp",
             Hook::UplinkIngress => "uplink_ingress",
+            Hook::NicEgress => "nic_egress",
+        }
+    }
+
+    /// The tc direction of a classifier hook.
+    fn tc_attach_type(self) -> TcAttachType {
+        match self {
+            Hook::NicEgress => TcAttachType::Egress,
+            _ => TcAttachType::Ingress,
         }
     }
 
@@ -138,7 +152,7 @@ pub struct Datapath {
 /// interface may be gone with its filters: nothing to do then).
 fn detach_filter(hook: Hook, ifname: &str) {
     if let Err(e) =
-        aya::programs::tc::qdisc_detach_program(ifname, TcAttachType::Ingress, hook.program())
+        aya::programs::tc::qdisc_detach_program(ifname, hook.tc_attach_type(), hook.program())
     {
         debug!(
             hook = hook.name(),
@@ -333,7 +347,7 @@ impl Datapath {
         let p: &mut SchedClassifier = prog.try_into()?;
         let opts = TcAttachOptions::Netlink(aya::programs::tc::NlOptions::default());
         let id = p
-            .attach_with_options(ifname, TcAttachType::Ingress, opts)
+            .attach_with_options(ifname, hook.tc_attach_type(), opts)
             .with_context(|| format!("attaching {} to {ifname} (clsact)", hook.program()))?;
         // The kernel keeps the filter after we exit; aya's handle would remove it on drop.
         std::mem::forget(p.take_link(id)?);
@@ -386,7 +400,7 @@ impl Datapath {
                 let p: &mut SchedClassifier = prog.try_into()?;
                 let opts = TcAttachOptions::TcxOrder(LinkOrder::default());
                 let id = p
-                    .attach_with_options(ifname, TcAttachType::Ingress, opts)
+                    .attach_with_options(ifname, hook.tc_attach_type(), opts)
                     .with_context(ctx)?;
                 p.take_link(id)?
                     .try_into()

@@ -28,6 +28,7 @@ pub const NIC_PROG: &str = "weft_nic_ingress";
 pub const WG_PROG: &str = "weft_wg_ingress";
 pub const XDP_PROG: &str = "weft_xdp_ipip";
 pub const UPLINK_PROG: &str = "weft_uplink_ingress";
+pub const NIC_EGRESS_PROG: &str = "weft_nic_egress";
 
 // The test topology. Interfaces need not exist: test runs do not redirect.
 pub const NIC: u32 = 2;
@@ -137,7 +138,7 @@ impl Datapath {
             .unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"));
         // Load them all, then report every refusal with its verifier log.
         let mut refused = Vec::new();
-        for name in [POD_PROG, NIC_PROG, WG_PROG, UPLINK_PROG] {
+        for name in [POD_PROG, NIC_PROG, WG_PROG, UPLINK_PROG, NIC_EGRESS_PROG] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("program {name} missing from the object"))

@@ -93,6 +93,11 @@ pub enum Counter {
     /// Packets seen by `weft_uplink_ingress` (ingress of the other devices
     /// masqueraded traffic leaves by).
     UplinkIngressSeen = 33,
+    /// Packets seen by `weft_nic_egress` (NIC egress).
+    NicEgressSeen = 34,
+    /// IPIP-encapsulated on NIC egress: traffic the host sent (or the stack
+    /// forwarded) to a pod CIDR the topology reaches through IPIP.
+    HostIpipEncap = 35,
 }
 
 impl Counter {
@@ -132,6 +137,8 @@ impl Counter {
         Counter::NatPassUnsupported,
         Counter::NatRewriteFailed,
         Counter::UplinkIngressSeen,
+        Counter::NicEgressSeen,
+        Counter::HostIpipEncap,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -171,6 +178,8 @@ impl Counter {
             Counter::NatPassUnsupported => "nat_pass_unsupported",
             Counter::NatRewriteFailed => "nat_rewrite_failed",
             Counter::UplinkIngressSeen => "uplink_ingress_seen",
+            Counter::NicEgressSeen => "nic_egress_seen",
+            Counter::HostIpipEncap => "host_ipip_encap",
         }
     }
 }

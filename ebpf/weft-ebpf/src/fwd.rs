@@ -153,7 +153,7 @@ pub fn ttl_decrement(ctx: &TcContext) -> Result<(), ()> {
 /// BPF_PROG_TEST_RUN exercises for the WireGuard program, whose synthetic skb
 /// cannot look like an L3 device's.
 #[inline(always)]
-fn encap_ipip(ctx: &TcContext, outer: &[u8; IPV4_HLEN]) -> Result<(), ()> {
+pub fn encap_ipip(ctx: &TcContext, outer: &[u8; IPV4_HLEN]) -> Result<(), ()> {
     let grown = ctx
         .adjust_room(
             ENCAP_LEN as i32,
@@ -220,7 +220,9 @@ pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) 
                     debug!(ctx, "weft: IPIP encapsulation to {:i} failed", d.nexthop);
                     return TC_ACT_SHOT;
                 }
-                redirect_neigh(d.ifindex, Some(d.nexthop))
+                // The kernel's route to the outer destination picks the
+                // neighbour: the node itself, or the router between subnets.
+                redirect_neigh(d.ifindex, None)
             })
         }
     }

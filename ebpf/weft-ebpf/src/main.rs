@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `weft_pod_ingress` | tc classifier | ingress of every host-side pod veth |
 //! | `weft_nic_ingress` | tc classifier | ingress of the NIC |
+//! | `weft_nic_egress` | tc classifier | egress of the NIC |
 //! | `weft_wg_ingress` | tc classifier | ingress of the WireGuard device |
 //! | `weft_uplink_ingress` | tc classifier | ingress of the other devices masqueraded traffic leaves by |
 //! | `weft_xdp_ipip` | XDP | the NIC |
@@ -17,6 +18,7 @@ mod fwd;
 mod maps;
 mod nat;
 mod nic;
+mod nic_egress;
 mod pod;
 mod uplink;
 mod wg;
