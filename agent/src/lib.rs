@@ -3,6 +3,7 @@
 //! - [`datapath`]: loads, pins, attaches and reads the eBPF programs and maps.
 
 pub mod agent;
+pub mod args;
 pub mod backend;
 pub mod cni;
 pub mod ctl;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod podside;
 pub mod routes;
 pub mod topology;

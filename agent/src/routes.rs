@@ -26,7 +26,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::wireguard::link::{errno, link_by_name};
+use crate::netlink::{errno, link_by_name};
 
 /// Weft's routing protocol number: 0x57, 'W' (`ip route show proto 87`).
 pub const RTPROT_WEFT: u8 = 0x57;

@@ -31,7 +31,7 @@ pub struct Cli {
     pub kubeconfig: Option<PathBuf>,
     /// Leaders whose WireGuard is unhealthy this long are passed over, as the agents do
     /// (use the agents' --leader-health-timeout).
-    #[arg(long, default_value = "3m", value_parser = crate::agent::parse_duration, global = true)]
+    #[arg(long, default_value = "3m", value_parser = crate::args::parse_duration, global = true)]
     pub leader_health_timeout: std::time::Duration,
     /// location or full. Default: what the nodes publish (their granularity
     /// annotation, as kgctl reads it), else settings.yaml's, else location.

@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub persistent_keepalive: u16,
     /// How often to re-read the mesh and re-check everything, besides every backend change.
-    #[arg(long, default_value = "30s", value_parser = crate::agent::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::args::parse_duration)]
     pub resync_period: Duration,
     /// A file holding this machine's WireGuard private key (base64, as `wg genkey` writes it;
     /// mode 0600). Default: a new key for this run.

@@ -14,36 +14,7 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 /// + 8 (UDP) + 32 (WireGuard header and tag), rounded up as wg-quick does.
 pub const WIREGUARD_OVERHEAD: u32 = 80;
 
-/// Positive errno of a netlink error reply, if it is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()).filter(|&c| c > 0),
-        _ => None,
-    }
-}
-
-/// The link called `name`, if any.
-pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    let mut s = h.link().get().match_name(name.to_owned()).execute();
-    match s.try_next().await {
-        Ok(m) => Ok(m),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// The link with index `index`, if any.
-pub async fn link_by_index(
-    h: &Handle,
-    index: u32,
-) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    let mut s = h.link().get().match_index(index).execute();
-    match s.try_next().await {
-        Ok(m) => Ok(m),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
+pub use crate::netlink::{errno, link_by_index, link_by_name};
 
 /// The `kind` of a link (`wireguard`, `tun`, `veth`…), if it reports one.
 pub fn link_kind(m: &LinkMessage) -> Option<&InfoKind> {
