@@ -93,6 +93,16 @@ pub enum Counter {
     /// Packets seen by `weft_uplink_ingress` (ingress of the other devices
     /// masqueraded traffic leaves by).
     UplinkIngressSeen = 33,
+    /// Passed to the stack (pod side): TCP or UDP to a service CIDR, for
+    /// kube-proxy's DNAT; the client's socket is recorded in `WEFT_SERVICE_CLIENTS`.
+    ServiceToStack = 34,
+    /// Passed to the stack instead of delivered into a pod: a reply to a
+    /// recorded Service client, which the kernel's conntrack translates back.
+    ServiceReplyToStack = 35,
+    /// Passed to the stack: masqueraded TCP that is neither a SYN nor part
+    /// of a flow of ours (a pod answering a connection the kernel NATed in,
+    /// hostPort or NodePort: its conntrack translates it back).
+    NatPassNotNew = 36,
 }
 
 impl Counter {
@@ -132,6 +142,9 @@ impl Counter {
         Counter::NatPassUnsupported,
         Counter::NatRewriteFailed,
         Counter::UplinkIngressSeen,
+        Counter::ServiceToStack,
+        Counter::ServiceReplyToStack,
+        Counter::NatPassNotNew,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -171,6 +184,9 @@ impl Counter {
             Counter::NatPassUnsupported => "nat_pass_unsupported",
             Counter::NatRewriteFailed => "nat_rewrite_failed",
             Counter::UplinkIngressSeen => "uplink_ingress_seen",
+            Counter::ServiceToStack => "service_to_stack",
+            Counter::ServiceReplyToStack => "service_reply_to_stack",
+            Counter::NatPassNotNew => "nat_pass_not_new",
         }
     }
 }

@@ -18,6 +18,7 @@ mod maps;
 mod nat;
 mod nic;
 mod pod;
+mod svc;
 mod uplink;
 mod wg;
 mod xdp;
