@@ -1152,9 +1152,10 @@ impl<B: Backend> Agent<B> {
     }
 
     /// Masquerade's maps: the topology's sources and exemptions (by
-    /// difference) and the settings.
+    /// difference) and the settings; and the service CIDRs.
     fn apply_masquerade(&mut self, topo: &Topology) -> Result<()> {
         use weft_common::nat::{MASQ_EXEMPT, MASQ_SOURCES, NAT_CONFIG, NAT_DEFAULT_MAX_FLOWS};
+        use weft_common::svc::SERVICE_CIDRS;
         let v4 = |nets: &[IpNet]| -> Vec<ipnet::Ipv4Net> {
             nets.iter()
                 .filter_map(|n| match n {
@@ -1193,6 +1194,16 @@ impl<B: Backend> Agent<B> {
             &exempt,
         )?;
         m.map_writes(MASQ_EXEMPT, we.total());
+        // Independent of --masquerade: Service replies go through the kernel either way.
+        let wsvc = crate::datapath::nat::sync_prefixes(
+            self.datapath.map_mut(SERVICE_CIDRS)?,
+            SERVICE_CIDRS,
+            &v4(&topo.service_cidrs),
+        )?;
+        m.map_writes(SERVICE_CIDRS, wsvc.total());
+        if wsvc.total() > 0 {
+            info!(service_cidrs = ?wsvc, "service CIDRs updated");
+        }
         let settings = crate::datapath::nat::Settings {
             enabled: self.cfg.masquerade,
             port_min: self.cfg.nat_port_range.0,

@@ -491,6 +491,23 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
                 tcp(POD_A, NODE, 40000, 22, 2),
                 Counter::NatPassFib,
             ),
+            // A pod answering a connection the kernel NATed towards it
+            // (hostPort, NodePort): no flow of ours, conntrack translates.
+            (
+                "tcp syn-ack, no flow",
+                tcp(POD_A, OUTSIDE, 8080, 50000, 0x12),
+                Counter::NatPassNotNew,
+            ),
+            (
+                "tcp ack, no flow",
+                tcp(POD_A, OUTSIDE, 8080, 50000, 0x10),
+                Counter::NatPassNotNew,
+            ),
+            (
+                "tcp rst, no flow",
+                tcp(POD_A, OUTSIDE, 8080, 50000, 0x04),
+                Counter::NatPassNotNew,
+            ),
         ] {
             let frame = from_pod(&pkt, MAC_A);
             let c0 = dp.counts();

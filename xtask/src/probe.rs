@@ -51,6 +51,9 @@ pub enum ProbeCmd {
     UdpRefused(UdpRefusedArgs),
     /// Sends an ICMP fragmentation-needed about a flow (raw socket).
     FragNeeded(FragNeededArgs),
+    /// Asks a `serve --name` server (a Service's backends) its name, over
+    /// a new connection or UDP socket each time.
+    Names(NamesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +78,10 @@ pub struct ServeArgs {
     /// back picks, which a connected client socket would not take.
     #[arg(long, default_value_t = Ipv4Addr::UNSPECIFIED)]
     pub bind: Ipv4Addr,
+    /// Who this server is: a TCP client's `n` gets `name=NAME`, and UDP
+    /// answers end with ` name=NAME`.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +164,17 @@ pub enum Proto {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct NamesArgs {
+    #[arg(long)]
+    pub to: SocketAddrV4,
+    #[arg(long, value_enum)]
+    pub proto: Proto,
+    /// Connections (TCP) or sockets (UDP), one after the other.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct FragNeededArgs {
     /// Where the ICMP error goes (the quoted packet's source host).
     #[arg(long)]
@@ -186,6 +204,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         ProbeCmd::Udp(a) => udp(a),
         ProbeCmd::UdpRefused(a) => udp_refused(a),
         ProbeCmd::FragNeeded(a) => frag_needed(a),
+        ProbeCmd::Names(a) => names(a),
     }
 }
 
@@ -400,11 +419,12 @@ fn serve(a: &ServeArgs) -> Result<()> {
         None => Vec::new(),
     });
     let upload_dir = a.upload_dir.clone().map(Arc::new);
+    let name = Arc::new(a.name.clone());
     let mut threads = Vec::new();
     for &port in &a.tcp {
         let l = tcp_listen(SocketAddrV4::new(a.bind, port))
             .with_context(|| format!("listening on TCP port {port}"))?;
-        let (download, upload_dir) = (download.clone(), upload_dir.clone());
+        let (download, upload_dir, name) = (download.clone(), upload_dir.clone(), name.clone());
         threads.push(std::thread::spawn(move || {
             for c in l.incoming() {
                 let s = match c {
@@ -414,12 +434,14 @@ fn serve(a: &ServeArgs) -> Result<()> {
                         continue;
                     }
                 };
-                let (download, upload_dir) = (download.clone(), upload_dir.clone());
+                let (download, upload_dir, name) =
+                    (download.clone(), upload_dir.clone(), name.clone());
                 // Thousands of held connections: small stacks.
                 let spawned = std::thread::Builder::new()
                     .stack_size(128 * 1024)
                     .spawn(move || {
-                        if let Err(e) = serve_tcp(port, s, &download, upload_dir.as_deref()) {
+                        let dirs = (upload_dir.as_deref(), name.as_deref());
+                        if let Err(e) = serve_tcp(port, s, &download, dirs) {
                             event!("error port={port} {e:#}");
                         }
                     });
@@ -432,6 +454,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     for &port in &a.udp {
         let s =
             UdpSocket::bind((a.bind, port)).with_context(|| format!("binding UDP port {port}"))?;
+        let name = name.clone();
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             loop {
@@ -439,7 +462,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
                     Ok((n, peer)) => {
                         let data = String::from_utf8_lossy(&buf[..n]).into_owned();
                         event!("udp port={port} peer={peer} data={data}");
-                        let reply = format!("{data} seen={peer}");
+                        let mut reply = format!("{data} seen={peer}");
+                        if let Some(n) = name.as_deref() {
+                            reply.push_str(&format!(" name={n}"));
+                        }
                         if let Err(e) = s.send_to(reply.as_bytes(), peer) {
                             event!("error port={port} udp send to {peer}: {e}");
                         }
@@ -517,7 +543,7 @@ fn serve_tcp(
     port: u16,
     mut s: TcpStream,
     download: &[u8],
-    upload_dir: Option<&PathBuf>,
+    (upload_dir, name): (Option<&PathBuf>, Option<&str>),
 ) -> Result<()> {
     let peer = s.peer_addr()?;
     let local = s.local_addr()?;
@@ -561,6 +587,13 @@ fn serve_tcp(
                 "tcp-download port={port} peer={peer} bytes={}",
                 download.len()
             );
+            drain(&mut s)?;
+        }
+        b'n' => {
+            let name = name.context("asked for a name, but no --name")?;
+            s.write_all(format!("name={name}\n").as_bytes())?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            event!("tcp-name port={port} peer={peer}");
             drain(&mut s)?;
         }
         c => bail!("peer {peer}: unknown command byte {c:#04x}"),
@@ -615,6 +648,54 @@ fn tcp(a: &TcpArgs) -> Result<()> {
     }
     if a.hold > 0.0 {
         watch_mtu(&s, a.hold);
+    }
+    Ok(())
+}
+
+/// The `name=` field of a server's answer.
+fn name_of(answer: &str) -> Option<&str> {
+    answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("name="))
+}
+
+fn names(a: &NamesArgs) -> Result<()> {
+    for i in 0..a.count {
+        let answer = match a.proto {
+            Proto::Tcp => {
+                let mut s = tcp_connect(a.to, None, IO_TIMEOUT)
+                    .with_context(|| format!("connection {i}"))?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.write_all(b"n")?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer)
+                    .with_context(|| format!("connection {i}: reading the answer"))?;
+                answer
+            }
+            Proto::Udp => {
+                // A connected socket takes answers from `to` only: one from
+                // a backend's own address would be dropped (a timeout here).
+                let s = udp_connect(a.to, None)?;
+                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                let token = format!("n{i}");
+                let mut buf = [0u8; 2048];
+                let mut answer = None;
+                for _ in 0..10 {
+                    s.send(token.as_bytes()).context("sending")?;
+                    if let Ok(n) = s.recv(&mut buf) {
+                        answer = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                        break;
+                    }
+                }
+                let answer =
+                    answer.with_context(|| format!("socket {i}: no answer from {}", a.to))?;
+                ensure!(answer.starts_with(&token), "socket {i}: answer {answer:?}");
+                answer
+            }
+        };
+        let name =
+            name_of(&answer).with_context(|| format!("{i}: answer {answer:?} has no name"))?;
+        event!("answer i={i} name={name}");
     }
     Ok(())
 }
@@ -905,7 +986,9 @@ mod tests {
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let (dl, up) = (dl.clone(), up.clone());
-                std::thread::spawn(move || serve_tcp(port, s.unwrap(), &dl, Some(&up)).unwrap());
+                std::thread::spawn(move || {
+                    serve_tcp(port, s.unwrap(), &dl, (Some(&up), None)).unwrap()
+                });
             }
         });
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
@@ -940,5 +1023,66 @@ mod tests {
             timeout: 30.0,
         })
         .unwrap();
+    }
+
+    /// `serve --name` and `names`: every answer carries the server's name,
+    /// over TCP and UDP.
+    #[test]
+    fn names_are_asked_and_answered() {
+        assert_eq!(name_of("n3 seen=1.2.3.4:5 name=pod-a"), Some("pod-a"));
+        assert_eq!(name_of("name=x\n"), Some("x"));
+        assert_eq!(name_of("n3 seen=1.2.3.4:5"), None);
+        // A port free for TCP and UDP at once.
+        let port = loop {
+            let t = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = t.local_addr().unwrap().port();
+            if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+                break p;
+            }
+        };
+        let args = ServeArgs {
+            tcp: vec![port],
+            udp: vec![port],
+            icmp: false,
+            download: None,
+            upload_dir: None,
+            bind: Ipv4Addr::LOCALHOST,
+            name: Some("backend-1".into()),
+        };
+        std::thread::spawn(move || serve(&args));
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let mut ok = false;
+            for _ in 0..50 {
+                if names(&NamesArgs {
+                    to,
+                    proto,
+                    count: 3,
+                })
+                .is_ok()
+                {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(ok, "{proto:?}");
+        }
+        // A server without a name gives answers `names` refuses.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, l.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let _ = serve_tcp(to.port(), s.unwrap(), &[], (None, None));
+            }
+        });
+        assert!(
+            names(&NamesArgs {
+                to,
+                proto: Proto::Tcp,
+                count: 1
+            })
+            .is_err()
+        );
     }
 }

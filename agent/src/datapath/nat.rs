@@ -17,7 +17,8 @@ use weft_common::nat::{
 
 use super::maps::{Writes, diff};
 
-/// Makes the LPM trie `map` (`WEFT_MASQ_SOURCES` or `WEFT_MASQ_EXEMPT`) hold exactly `desired`.
+/// Makes the LPM trie `map` (`WEFT_MASQ_SOURCES`, `WEFT_MASQ_EXEMPT` or
+/// `WEFT_SERVICE_CIDRS`) hold exactly `desired`.
 pub fn sync_prefixes(map: &mut Map, name: &str, desired: &[Ipv4Net]) -> Result<Writes> {
     let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> = LpmTrie::try_from(map)?;
     let mut current = BTreeMap::new();

@@ -267,6 +267,9 @@ pub struct Topology {
     /// Sorted by destination, one per destination.
     pub routes: Vec<Route>,
     pub masquerade: Masquerade,
+    /// The service CIDRs (settings and `--service-cidr`): pod traffic to
+    /// them is left to the kernel (kube-proxy), and so are its replies.
+    pub service_cidrs: Vec<IpNet>,
     /// IPIP is accepted only from these: the private IPs of this segment's nodes.
     pub ipip_sources: Vec<IpAddr>,
     pub encapsulate: Encapsulate,
@@ -612,6 +615,7 @@ impl Mesh {
             peers,
             routes,
             masquerade,
+            service_cidrs: self.settings.service_cidrs.clone(),
             ipip_sources,
             encapsulate: self.settings.encapsulate,
             warnings,

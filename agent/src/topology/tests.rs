@@ -626,6 +626,10 @@ fn masquerade_and_ipip_sources() {
     exempt.extend(m.segments.iter().map(|s| IpNet::from(s.wireguard_ip)));
     exempt.sort();
     assert_eq!(t.masquerade.exempt, exempt);
+    // Left to kube-proxy, with their replies (the datapath's WEFT_SERVICE_CIDRS).
+    assert_eq!(t.service_cidrs, vec![net("10.96.0.0/12")]);
+    let none = build(&nodes, &peers, &Settings::default());
+    assert!(none.topology("c").unwrap().service_cidrs.is_empty());
     // Hosts at an allowed location IP do not know the pods: always masqueraded in their location.
     assert_eq!(t.masquerade.always, vec![net("192.168.178.3/32")]);
     assert!(m.topology("a").unwrap().masquerade.always.is_empty());

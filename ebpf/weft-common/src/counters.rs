@@ -98,6 +98,16 @@ pub enum Counter {
     /// IPIP-encapsulated on NIC egress: traffic the host sent (or the stack
     /// forwarded) to a pod CIDR the topology reaches through IPIP.
     HostIpipEncap = 35,
+    /// Passed to the stack (pod side): TCP or UDP to a service CIDR, for
+    /// kube-proxy's DNAT; the client's socket is recorded in `WEFT_SERVICE_CLIENTS`.
+    ServiceToStack = 36,
+    /// Passed to the stack instead of delivered into a pod: a reply to a
+    /// recorded Service client, which the kernel's conntrack translates back.
+    ServiceReplyToStack = 37,
+    /// Passed to the stack: masqueraded TCP that is neither a SYN nor part
+    /// of a flow of ours (a pod answering a connection the kernel NATed in,
+    /// hostPort or NodePort: its conntrack translates it back).
+    NatPassNotNew = 38,
 }
 
 impl Counter {
@@ -139,6 +149,9 @@ impl Counter {
         Counter::UplinkIngressSeen,
         Counter::NicEgressSeen,
         Counter::HostIpipEncap,
+        Counter::ServiceToStack,
+        Counter::ServiceReplyToStack,
+        Counter::NatPassNotNew,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -180,6 +193,9 @@ impl Counter {
             Counter::UplinkIngressSeen => "uplink_ingress_seen",
             Counter::NicEgressSeen => "nic_egress_seen",
             Counter::HostIpipEncap => "host_ipip_encap",
+            Counter::ServiceToStack => "service_to_stack",
+            Counter::ServiceReplyToStack => "service_reply_to_stack",
+            Counter::NatPassNotNew => "nat_pass_not_new",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`ipip`]: the outer header of IPv4-in-IPv4 encapsulation.
 //! - [`route`]: the forwarding decision of each program.
 //! - [`nat`]: masquerade: flow keys, NAT entries, port choice, TCP state, expiry.
+//! - [`svc`]: Services: the client sockets whose replies go back through the kernel.
 //!
 //! The code must stay usable from eBPF: no allocation, no panics reachable
 //! from the functions the programs call (fixed-size arrays, checked lengths).
@@ -24,6 +25,7 @@ pub mod maps;
 pub mod nat;
 pub mod packet;
 pub mod route;
+pub mod svc;
 
 #[cfg(test)]
 mod testutil;

@@ -10,6 +10,8 @@
 //! | `WEFT_PODS` | LRU hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft_pod_ingress` (learned) |
 //! | `WEFT_IPIP_PEERS` | hash | `[u8; 4]` node private IP | `u32` ([`IPIP_PEER`]) | agent |
 //! | `WEFT_COUNTERS` | per-CPU array | `u32` ([`crate::counters::Counter`]) | [`crate::counters::CounterValue`] | programs |
+//!
+//! Masquerade's maps are in [`crate::nat`], the Services' in [`crate::svc`].
 
 /// Map name of the route LPM trie.
 pub const ROUTES: &str = "WEFT_ROUTES";

@@ -205,12 +205,18 @@ pub const fn tcp_seen(tcp_flags: u8) -> u8 {
     s
 }
 
+/// Whether a TCP segment with `tcp_flags` opens a connection (SYN without
+/// ACK): the only kind that creates a masquerade flow.
+#[inline(always)]
+pub const fn opens_connection(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// A SYN without ACK on a flow whose previous connection closed: a new
 /// connection reuses the tuple, and both sides' history starts again.
 #[inline(always)]
 pub const fn tcp_restarts(tcp_flags: u8, egress_flags: u8, ingress_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        && (egress_flags | ingress_flags) & (SEEN_FIN | SEEN_RST) != 0
+    opens_connection(tcp_flags) && (egress_flags | ingress_flags) & (SEEN_FIN | SEEN_RST) != 0
 }
 
 /// The `attempt`-th port tried for a new flow whose own port is `own`:
@@ -457,6 +463,15 @@ mod tests {
         assert!(tcp_restarts(TCP_SYN, syn | fin, synack | fin));
         assert!(!tcp_restarts(TCP_SYN | TCP_ACK, syn | fin, fin));
         assert!(!tcp_restarts(TCP_SYN, syn, 0), "a retransmitted SYN");
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_connection() {
+        assert!(opens_connection(TCP_SYN));
+        assert!(opens_connection(TCP_SYN | 0x40 | 0x80), "ECN bits");
+        for f in [TCP_SYN | TCP_ACK, TCP_ACK, TCP_ACK | TCP_FIN, TCP_RST, 0] {
+            assert!(!opens_connection(f), "{f:#x}");
+        }
     }
 
     #[test]

@@ -124,6 +124,15 @@ impl Decision {
         d
     }
 
+    /// Whether the packet goes into a local pod (switched, routed into it, or
+    /// through the bridge): where a reply to a Service client is caught.
+    pub const fn delivers_to_pod(&self) -> bool {
+        matches!(
+            self.action,
+            Action::SwitchToPod | Action::DeliverToPod | Action::DeliverViaBridge
+        )
+    }
+
     /// Whether the packet is routed (an IP hop: TTL − 1), not switched or passed.
     pub const fn is_routed(&self) -> bool {
         !matches!(self.action, Action::Pass | Action::SwitchToPod)
@@ -381,6 +390,17 @@ mod tests {
             Decision::pass(Counter::PassNoRoute).counter,
             Counter::PassNoRoute
         );
+        assert!(Decision::switch_to_pod(1).delivers_to_pod());
+        assert!(Decision::deliver_to_pod(1, MAC_B).delivers_to_pod());
+        assert!(Decision::deliver_via_bridge(1).delivers_to_pod());
+        for d in [
+            Decision::pass(Counter::PassNoRoute),
+            Decision::wireguard(1),
+            Decision::node(1, PEER),
+            Decision::node_ipip(1, PEER, ME),
+        ] {
+            assert!(!d.delivers_to_pod(), "{d:?}");
+        }
         assert!(!Decision::switch_to_pod(1).is_routed());
         assert!(!Decision::pass(Counter::PassNoRoute).is_routed());
         assert!(Decision::deliver_to_pod(1, MAC_B).is_routed());

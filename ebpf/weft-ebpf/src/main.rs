@@ -20,6 +20,7 @@ mod nat;
 mod nic;
 mod nic_egress;
 mod pod;
+mod svc;
 mod uplink;
 mod wg;
 mod xdp;

@@ -13,6 +13,7 @@ use weft_common::{
         RouteAction,
     },
     nat::{FlowKey, MASQ_PREFIXES_MAX_ENTRIES, NAT_MAX_ENTRIES, NatConfig, NatEgress, NatIngress},
+    svc::{ClientEntry, ClientKey, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_CLIENTS_MAX_ENTRIES},
 };
 
 /// `WEFT_ROUTES`: LPM trie, key `Key<[u8; 4]>` (prefix length, IPv4 destination in
@@ -70,6 +71,24 @@ pub static WEFT_NAT_INGRESS: LruHashMap<FlowKey, NatIngress> =
 /// one to `flows` per new flow.
 #[map]
 pub static WEFT_NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+
+/// `WEFT_SERVICE_CIDRS`: LPM trie, key `Key<[u8; 4]>` service prefix → `u32` (1).
+/// Written by the agent (the service CIDRs of `--service-cidr` and
+/// `serviceCIDRs`, by difference); read by `weft_pod_ingress`: a pod's
+/// packet to it goes to the stack (kube-proxy's DNAT) and is recorded.
+#[map]
+pub static WEFT_SERVICE_CIDRS: LpmTrie<[u8; 4], u32> =
+    LpmTrie::pinned(SERVICE_CIDRS_MAX_ENTRIES, 0);
+
+/// `WEFT_SERVICE_CLIENTS`: LRU hash, key [`ClientKey`] (protocol, local pod
+/// address and port) → [`ClientEntry`] (time of its last packet to a
+/// service, closing). Written by `weft_pod_ingress` (see
+/// [`crate::svc`]); read by every program that delivers into pods, which
+/// leave replies to a fresh client to the kernel. Never deleted: the LRU
+/// evicts, stale entries are ignored.
+#[map]
+pub static WEFT_SERVICE_CLIENTS: LruHashMap<ClientKey, ClientEntry> =
+    LruHashMap::pinned(SERVICE_CLIENTS_MAX_ENTRIES, 0);
 
 /// Adds one packet of `len` bytes to counter `c` on this CPU.
 #[inline(always)]

@@ -28,7 +28,7 @@ use weft_common::{
     nat::{
         FlowKey, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatConfig, NatEgress,
         NatIngress, SEEN_ANY, candidate_port, flow_seed, is_fragment, is_icmp_error, l4_csum,
-        l4_ports, port_offset, tcp_restarts, tcp_seen,
+        l4_ports, opens_connection, port_offset, tcp_restarts, tcp_seen,
     },
     packet::{ETH_HLEN, IPV4_HLEN, Ipv4Facts, ipv4},
 };
@@ -100,7 +100,8 @@ fn config() -> NatConfig {
 /// Whether the IPv4 packet whose header starts at `l3` (`ip` its facts),
 /// which has no route in the cluster, is masqueraded, and how: its source
 /// is a masquerade source, its destination not exempt, its protocol
-/// translatable, and the kernel's FIB has a way out for it.
+/// translatable, TCP a SYN or a flow of ours, and the kernel's FIB has a
+/// way out for it.
 #[inline(always)]
 pub fn plan(ctx: &TcContext, ip: &Ipv4Facts, l3: usize, ingress_ifindex: u32) -> Plan {
     let cfg = config();
@@ -131,6 +132,16 @@ pub fn plan(ctx: &TcContext, ip: &Ipv4Facts, l3: usize, ingress_ifindex: u32) ->
     } else {
         0
     };
+    let key = FlowKey::new(ip.protocol, ip.src, ip.dst, sport, dport);
+    if ip.protocol == IPPROTO_TCP
+        && !opens_connection(tcp_flags)
+        && WEFT_NAT_EGRESS.get_ptr(key).is_none()
+    {
+        // Not a flow of ours and not a new one: the pod answers a
+        // connection the kernel NATed towards it (hostPort, NodePort),
+        // whose conntrack must translate the answer.
+        return Plan::outcome(Outcome::Pass, Counter::NatPassNotNew);
+    }
     if ip.ttl <= 1 {
         return Plan::outcome(Outcome::Pass, Counter::PassTtlExpired);
     }
@@ -178,7 +189,7 @@ pub fn plan(ctx: &TcContext, ip: &Ipv4Facts, l3: usize, ingress_ifindex: u32) ->
     Plan {
         outcome: Outcome::Translate,
         counter: Counter::NatSnat,
-        key: FlowKey::new(ip.protocol, ip.src, ip.dst, sport, dport),
+        key,
         tcp_flags,
         ifindex: fib.ifindex,
         // SAFETY: unions of plain integers, written by the helper.

@@ -6,6 +6,8 @@
 //!   rule of `weft_xdp_ipip`, which drops it earlier where attached).
 //! - A reply to a masqueraded flow (or an ICMP error about one) is
 //!   translated back first ([`crate::nat::reverse`]), then routed as below.
+//! - A reply to a pod's Service connection (not one of Weft's NAT flows):
+//!   to the stack, whose conntrack undoes kube-proxy's DNAT ([`crate::svc`]).
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (learned pod →
 //!   `bpf_redirect_peer`, Local → the bridge, WireGuard → the WireGuard
 //!   device, node routes and the rest → the stack).
@@ -25,7 +27,7 @@ use weft_common::{
 use crate::{
     fwd::{EthIpv4, PACKET_HOST, PASS, execute, ingress_ifindex, pkt_type, tc_ptr},
     maps::{count, is_ipip_peer, lookup_pod, lookup_route},
-    nat,
+    nat, svc,
 };
 
 #[classifier]
@@ -65,11 +67,14 @@ pub fn weft_nic_ingress(ctx: TcContext) -> i32 {
             Err(verdict) => return verdict,
         }
     }
-    match nat::reverse(&ctx, &ip) {
-        Ok(Some(translated)) => ip = translated,
-        Ok(None) => {}
+    let ours = match nat::reverse(&ctx, &ip) {
+        Ok(Some(translated)) => {
+            ip = translated;
+            true
+        }
+        Ok(None) => false,
         Err(()) => return TC_ACT_SHOT,
-    }
+    };
     let facts = PacketFacts {
         ingress_ifindex: ingress_ifindex(&ctx),
         dst_mac: eth.dst,
@@ -77,6 +82,11 @@ pub fn weft_nic_ingress(ctx: TcContext) -> i32 {
         dst: ip.dst,
     };
     let d = decide(Hook::Nic, &facts, lookup_pod(ip.dst), lookup_route);
+    if !ours && d.delivers_to_pod() && svc::is_client_reply(&ctx, &ip, ETH_HLEN) {
+        // A backend answering a client whose Service the kernel DNATed here.
+        count(Counter::ServiceReplyToStack, len);
+        return PASS;
+    }
     // Routed into a pod: the new source is this NIC's MAC (the frame's destination).
     execute(&ctx, &d, &ip, eth.dst)
 }

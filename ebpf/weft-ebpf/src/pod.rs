@@ -10,6 +10,8 @@
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
 //!   [`crate::fwd::execute`]; without a route (leaving the cluster), masqueraded
 //!   by [`crate::nat`] unless exempt.
+//! - To a service CIDR: to the stack, the client's socket recorded; into a
+//!   local pod but a reply to such a socket: to the stack ([`crate::svc`]).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -24,6 +26,7 @@ use crate::{
     fwd::{EthIpv4, PASS, execute, ingress_ifindex, tc_ptr},
     maps::{count, learn_pod, lookup_pod, lookup_route},
     nat::{self, Outcome},
+    svc,
 };
 
 /// An Ethernet header followed by an Ethernet/IPv4 ARP body.
@@ -80,6 +83,17 @@ fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
         dst: ip.dst,
     };
     let d = decide(Hook::Pod, &facts, lookup_pod(ip.dst), lookup_route);
+    if d.action == Action::Pass && d.counter == Counter::PassNoRoute && svc::is_service(ip.dst) {
+        // To a Service: kube-proxy's DNAT is in the stack, and so must its replies be.
+        svc::record_client(ctx, &ip, ETH_HLEN);
+        count(Counter::ServiceToStack, len);
+        return PASS;
+    }
+    if d.delivers_to_pod() && svc::is_client_reply(ctx, &ip, ETH_HLEN) {
+        // A same-node backend answering: the bridge's conntrack undoes the DNAT.
+        count(Counter::ServiceReplyToStack, len);
+        return PASS;
+    }
     if d.action == Action::Pass && d.counter == Counter::PassNoRoute {
         // Leaving the cluster: masqueraded unless exempt.
         let p = nat::plan(ctx, &ip, ETH_HLEN, ifindex);

@@ -3,7 +3,8 @@
 //!
 //! - A reply to a masqueraded flow, or an ICMP error about one: translated
 //!   back ([`crate::nat::reverse`]) and routed to the pod or external peer
-//!   with [`weft_common::route::decide`] as on the NIC.
+//!   with [`weft_common::route::decide`] as on the NIC (no Service check:
+//!   what is translated back here is a flow of Weft's own masquerade).
 //! - Anything else: [`PASS`](crate::fwd::PASS) (`TC_ACT_UNSPEC`), untouched: this device is not ours,
 //!   other programs on the hook and the stack see it as if we were not here.
 //!   No other traffic is routed from here, so nothing from outside reaches

@@ -9,6 +9,8 @@
 //!   NIC, WireGuard and no route → the stack, except what an external peer
 //!   sends out of the cluster: masqueraded by [`crate::nat`] (Ethernet header
 //!   pushed once the translation is certain).
+//! - Into a local pod but a reply to its Service connection: to the stack,
+//!   as it came ([`crate::svc`]).
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use aya_log_ebpf::debug;
@@ -22,6 +24,7 @@ use crate::{
     fwd::{PASS, PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
     maps::{count, lookup_pod, lookup_route},
     nat::{self, Outcome},
+    svc,
 };
 
 #[classifier]
@@ -68,6 +71,11 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
             }
         }
         count(d.counter, len);
+        return PASS;
+    }
+    if d.delivers_to_pod() && svc::is_client_reply(&ctx, &ip, 0) {
+        // A backend in another segment answering a client whose Service the kernel DNATed here.
+        count(Counter::ServiceReplyToStack, len);
         return PASS;
     }
     if push_eth(&ctx).is_err() {

@@ -63,11 +63,13 @@
 mod cleanup;
 mod exec;
 mod hold;
+mod kube_proxy;
 
 pub use cleanup::{BASE_DIR, ENV_MARKER, sweep_stale};
 pub use exec::{Daemon, Namespace};
 pub use hold::hold;
 pub use ipnet::Ipv4Net;
+pub use kube_proxy::Service;
 
 use anyhow::{Context, Result, ensure};
 use cleanup::Shared;
