@@ -75,7 +75,9 @@ pub struct Config {
     /// Node label giving its location when it has no `location` annotation (overrides settings.yaml).
     #[arg(long)]
     pub topology_label: Option<String>,
-    /// MTU of the WireGuard device: a number, or `auto` (the default route interface's MTU − 80).
+    /// MTU of the WireGuard device: a number, or `auto` (the smallest MTU of the routes to the
+    /// other segments' leaders and the peers, i.e. of the device and path WireGuard's packets
+    /// leave by, − 80; without any, the default route interface's MTU − 80).
     #[arg(long, default_value = "auto")]
     pub mtu: String,
     /// Service CIDR(s), never masqueraded (comma-separated or repeated; added to settings.yaml's).
@@ -248,18 +250,6 @@ struct Agent<B: Backend> {
     nat_timeouts: weft_common::nat::Timeouts,
     /// The device masquerade's FIB lookups are made from (0: the packet's own).
     fib_ifindex: u32,
-}
-
-/// The outer IPv4 header IPIP adds.
-const IPIP_OVERHEAD: u32 = 20;
-
-/// The MTU of interface `name`, from sysfs.
-fn link_mtu(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The metric of an exit peer's `/0` kernel route: after any default route
@@ -890,7 +880,7 @@ impl<B: Backend> Agent<B> {
         self.wg
             .set_interface(self.keys.private_key(), topo.interface.listen_port)
             .await?;
-        let mtu = self.mtu().await?;
+        let mtu = self.mtu(topo).await?;
         self.wg.set_mtu(mtu).await?;
         self.wg.up().await?;
         let addrs: Vec<IpNet> = topo.wireguard_ip.into_iter().collect();
@@ -926,12 +916,25 @@ impl<B: Backend> Agent<B> {
             self.wg_ifindex = wg_ifindex;
         }
 
-        // Kernel routes: for traffic the host itself originates.
+        // Kernel routes: for traffic the host itself originates, and for pod
+        // traffic the datapath hands to the stack because it does not fit the
+        // IPIP path: the route's MTU leaves room for the outer header, so the
+        // stack fragments such packets, or answers DF ones with
+        // "fragmentation needed", instead of sending them over-size.
         let nic_ref = nic.clone().map(LinkRef::Name);
         let hops = self.node_next_hops(topo, nic.as_deref()).await?;
-        let nic_mtu = nic.as_deref().and_then(link_mtu);
+        let ipip_mtu = nic
+            .as_deref()
+            .and_then(crate::detect::link_mtu)
+            .and_then(|m| m.checked_sub(weft_common::ipip::ENCAP_LEN as u32));
         let mut desired = Vec::new();
         for r in &topo.routes {
+            let mtu = match &r.kind {
+                RouteKind::Node {
+                    encapsulate: true, ..
+                } => ipip_mtu,
+                _ => None,
+            };
             let via = match &r.kind {
                 RouteKind::Local => continue,
                 RouteKind::WireGuard { gateway: Some(gw) } => RouteVia::Gateway {
@@ -956,13 +959,6 @@ impl<B: Backend> Agent<B> {
             // An exit peer's /0 (allowExitPeers) backs the node's own default
             // route up rather than replacing it: host traffic keeps its uplink.
             let metric = (r.dst.prefix_len() == 0).then_some(EXIT_PEER_METRIC);
-            // Room for the outer header, so that the host's packets fit the NIC.
-            let mtu = match &r.kind {
-                RouteKind::Node {
-                    encapsulate: true, ..
-                } => nic_mtu.map(|m| m - IPIP_OVERHEAD),
-                _ => None,
-            };
             desired.push(DesiredRoute {
                 dst: r.dst,
                 via,
@@ -1033,19 +1029,47 @@ impl<B: Backend> Agent<B> {
         maps::add_host_routes(&mut want, &other_wireguard_ips, wg_ifindex);
         let w = maps::sync_routes(self.datapath.map_mut(weft_common::maps::ROUTES)?, &want)?;
         m.map_writes(weft_common::maps::ROUTES, w.total());
-        let ipip: Vec<Ipv4Addr> = topo
-            .ipip_sources
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v) if Some(*v) != my_private => Some(*v),
-                _ => None,
-            })
-            .collect();
-        let w2 =
-            maps::sync_ipip_peers(self.datapath.map_mut(weft_common::maps::IPIP_PEERS)?, &ipip)?;
-        m.map_writes(weft_common::maps::IPIP_PEERS, w2.total());
+        // Who may send what into this node without WireGuard.
+        let src = maps::source_maps(
+            &topo.senders,
+            &topo.cluster_sources,
+            nic_ifindex,
+            my_private,
+        );
+        let mut w2 = maps::Writes::default();
+        for (name, w) in [
+            (
+                weft_common::maps::IPIP_SENDERS,
+                maps::sync_hash(
+                    self.datapath.map_mut(weft_common::maps::IPIP_SENDERS)?,
+                    weft_common::maps::IPIP_SENDERS,
+                    &src.senders,
+                )?,
+            ),
+            (
+                weft_common::maps::SENDER_SOURCES,
+                maps::sync_lpm(
+                    self.datapath.map_mut(weft_common::maps::SENDER_SOURCES)?,
+                    weft_common::maps::SENDER_SOURCES,
+                    &src.sender_sources,
+                )?,
+            ),
+            (
+                weft_common::maps::NIC_SOURCES,
+                maps::sync_lpm(
+                    self.datapath.map_mut(weft_common::maps::NIC_SOURCES)?,
+                    weft_common::maps::NIC_SOURCES,
+                    &src.nic_sources,
+                )?,
+            ),
+        ] {
+            m.map_writes(name, w.total());
+            w2.inserted += w.inserted;
+            w2.updated += w.updated;
+            w2.removed += w.removed;
+        }
         if w.total() + w2.total() > 0 {
-            info!(routes = ?w, ipip_peers = ?w2, "eBPF maps updated");
+            info!(routes = ?w, sources = ?w2, "eBPF maps updated");
         }
         self.apply_masquerade(topo)?;
         let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
@@ -1240,9 +1264,22 @@ impl<B: Backend> Agent<B> {
         Ok(())
     }
 
-    async fn mtu(&self) -> Result<u32> {
+    /// The WireGuard MTU: `--mtu`, or with `auto` what fits the paths to the
+    /// other segments' leaders and the peers (see [`wireguard::auto_mtu_towards`]).
+    async fn mtu(&self, topo: &Topology) -> Result<u32> {
         if self.cfg.mtu == "auto" {
-            return Ok(wireguard::auto_mtu().await?);
+            let mut endpoints: Vec<std::net::SocketAddr> = topo
+                .segments
+                .iter()
+                .filter(|s| s.id != topo.segment)
+                .filter_map(|s| s.endpoint.resolve(&SystemResolver).ok())
+                .collect();
+            endpoints.extend(
+                topo.peers
+                    .iter()
+                    .filter_map(|p| p.resolve_endpoint(&SystemResolver).ok().flatten()),
+            );
+            return Ok(wireguard::auto_mtu_towards(&endpoints).await?);
         }
         self.cfg
             .mtu

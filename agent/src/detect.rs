@@ -59,6 +59,15 @@ pub fn addresses() -> Result<Vec<IfAddr>> {
     Ok(out)
 }
 
+/// The MTU of interface `ifname` (`/sys/class/net/<ifname>/mtu`), if it exists.
+pub fn link_mtu(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The interface of the IPv4 default route, if any (`/proc/net/route`).
 pub fn default_route_interface() -> Result<Option<String>> {
     let table = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;

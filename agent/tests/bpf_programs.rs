@@ -17,7 +17,7 @@ mod bpf_common;
 use bpf_common::*;
 use std::path::Path;
 use weft_common::counters::Counter;
-use weft_common::maps;
+use weft_common::maps::{self, Route};
 
 // ---------------------------------------------------------------------------
 // Loading.
@@ -26,7 +26,14 @@ use weft_common::maps;
 #[ignore = "needs root; run by cargo xtask test"]
 fn every_program_passes_the_verifier_and_maps_are_pinned_by_name() {
     let dp = Datapath::load();
-    for name in [maps::ROUTES, maps::PODS, maps::IPIP_PEERS, maps::COUNTERS] {
+    for name in [
+        maps::ROUTES,
+        maps::PODS,
+        maps::IPIP_SENDERS,
+        maps::SENDER_SOURCES,
+        maps::NIC_SOURCES,
+        maps::COUNTERS,
+    ] {
         assert!(Path::new(&dp.fs.path).join(name).exists(), "{name} pinned");
     }
     assert_eq!(dp.counts().iter().map(|c| c.packets).sum::<u64>(), 0);
@@ -576,7 +583,7 @@ fn nic_ingress_drops_ipip_from_strangers() {
         ],
     );
 
-    // From a peer but not IPv4 inside: not decapsulated.
+    // From a peer but not IPv4 inside: no source it may send, dropped.
     let frame = eth(
         HOST_MAC,
         PEER_MAC,
@@ -585,11 +592,14 @@ fn nic_ingress_drops_ipip_from_strangers() {
     );
     let c0 = dp.counts();
     let r = dp.tc(NIC_PROG, &frame, NIC);
-    assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame));
+    assert_eq!(r.ret, TC_ACT_SHOT);
     assert_counted(
         &c0,
         &dp.counts(),
-        &[(Counter::NicIngressSeen, 1), (Counter::Malformed, 1)],
+        &[
+            (Counter::NicIngressSeen, 1),
+            (Counter::DropIpipInnerSource, 1),
+        ],
     );
 }
 
@@ -706,7 +716,9 @@ fn wg_ingress_passes_wireguard_routes_no_route_ttl_1_and_non_ipv4() {
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn xdp_drops_ipip_from_unknown_sources_and_passes_the_rest() {
-    let dp = Datapath::load().with_topology(true);
+    let mut dp = Datapath::load().with_topology(true);
+    // XDP test runs arrive on the loopback device.
+    dp.add_ipip_sender(PEER, LO, ME);
     let inner = ipv4(POD_REMOTE, POD_A, 6, 63);
     let from_stranger = eth(
         HOST_MAC,
@@ -737,4 +749,462 @@ fn xdp_drops_ipip_from_unknown_sources_and_passes_the_rest() {
         assert_eq!((r.ret, &r.out), (XDP_PASS, frame));
         assert_counted(&c0, &dp.counts(), &[(Counter::XdpPass, 1)]);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Who may send what (weft_common::sources): IPIP senders, plain sources, MTU
+
+/// An IPIP frame from `outer_src` to `outer_dst` around `inner`, with the
+/// outer flags/fragment-offset field `frag_off`.
+fn ipip_frame(outer_src: [u8; 4], outer_dst: [u8; 4], frag_off: u16, inner: &[u8]) -> Vec<u8> {
+    let mut outer = ipv4_with(outer_src, outer_dst, 4, 64, inner);
+    outer[6..8].copy_from_slice(&frag_off.to_be_bytes());
+    outer[10] = 0;
+    outer[11] = 0;
+    let c = inet_csum(&outer[..20]);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    eth(HOST_MAC, PEER_MAC, ETH_P_IP, &outer)
+}
+
+/// How one crafted packet must be handled: the verdict and the outcome counter.
+struct Case {
+    what: &'static str,
+    frame: Vec<u8>,
+    ingress: u32,
+    ret: u32,
+    counted: &'static [Counter],
+}
+
+#[track_caller]
+fn run_cases(dp: &Datapath, prog: &str, seen: Counter, cases: &[Case]) {
+    for c in cases {
+        let c0 = dp.counts();
+        let r = dp.tc(prog, &c.frame, c.ingress);
+        assert_eq!(r.ret, c.ret, "{}: verdict", c.what);
+        if c.ret == TC_ACT_UNSPEC || c.ret == TC_ACT_SHOT {
+            assert_eq!(r.out, c.frame, "{}: unchanged", c.what);
+        }
+        let mut want: Vec<(Counter, u64)> = c.counted.iter().map(|k| (*k, 1)).collect();
+        want.push((seen, 1));
+        let after = dp.counts();
+        let got: Vec<(Counter, u64)> = Counter::ALL
+            .iter()
+            .zip(c0.iter().zip(&after))
+            .filter(|(_, (b, a))| a.packets != b.packets)
+            .map(|(k, (b, a))| (*k, a.packets - b.packets))
+            .collect();
+        want.sort_by_key(|(k, _)| *k as u32);
+        assert_eq!(got, want, "{}: counters", c.what);
+    }
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn nic_ingress_accepts_ipip_only_as_the_topology_says() {
+    let mut dp = Datapath::load().with_topology(true);
+    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    let to_pod = |src: [u8; 4]| ipv4(src, POD_A, 6, 63);
+    let drop = |what, frame, ingress, why: &'static [Counter]| Case {
+        what,
+        frame,
+        ingress,
+        ret: TC_ACT_SHOT,
+        counted: why,
+    };
+    let delivered: &[Counter] = &[Counter::IpipDecap, Counter::DeliverLocalPeer];
+    let cases = vec![
+        Case {
+            what: "a node of this location, its pod",
+            frame: ipip_frame(PEER, ME, 0x4000, &to_pod(POD_REMOTE)),
+            ingress: NIC,
+            ret: TC_ACT_REDIRECT,
+            counted: delivered,
+        },
+        Case {
+            what: "a node of this location, its host",
+            frame: ipip_frame(PEER, ME, 0, &to_pod(PEER)),
+            ingress: NIC,
+            ret: TC_ACT_REDIRECT,
+            counted: delivered,
+        },
+        drop(
+            "forged outer source",
+            ipip_frame(STRANGER, ME, 0, &to_pod(POD_REMOTE)),
+            NIC,
+            &[Counter::DropIpipUnknownSource],
+        ),
+        drop(
+            "forged outer source of this LAN",
+            ipip_frame([192, 168, 50, 77], ME, 0, &to_pod(POD_REMOTE)),
+            NIC,
+            &[Counter::DropIpipUnknownSource],
+        ),
+        drop(
+            "wrong outer destination",
+            ipip_frame(PEER, [192, 168, 50, 99], 0, &to_pod(POD_REMOTE)),
+            NIC,
+            &[Counter::DropIpipWrongDestination],
+        ),
+        drop(
+            "wrong arrival device (the internet side)",
+            ipip_frame(PEER, ME, 0, &to_pod(POD_REMOTE)),
+            OTHER_DEV,
+            &[Counter::DropIpipWrongDevice],
+        ),
+        drop(
+            "inner source: another segment's pod, from a plain node",
+            ipip_frame(PEER, ME, 0, &to_pod(POD_FAR)),
+            NIC,
+            &[Counter::DropIpipInnerSource],
+        ),
+        drop(
+            "inner source: this node's own pod",
+            ipip_frame(PEER, ME, 0, &to_pod(POD_B)),
+            NIC,
+            &[Counter::DropIpipInnerSource],
+        ),
+        drop(
+            "inner source: outside the cluster",
+            ipip_frame(PEER, ME, 0, &to_pod(OUTSIDE)),
+            NIC,
+            &[Counter::DropIpipInnerSource],
+        ),
+    ];
+    run_cases(&dp, NIC_PROG, Counter::NicIngressSeen, &cases);
+
+    // The leader relays the far segment: its pods, and only through the leader.
+    dp.add_sender_source(PEER, [10, 244, 9, 0], 24);
+    run_cases(
+        &dp,
+        NIC_PROG,
+        Counter::NicIngressSeen,
+        &[Case {
+            what: "the leader relaying another segment",
+            frame: ipip_frame(PEER, ME, 0, &to_pod(POD_FAR)),
+            ingress: NIC,
+            ret: TC_ACT_REDIRECT,
+            counted: delivered,
+        }],
+    );
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn nic_ingress_passes_ipip_fragments_unparsed() {
+    let mut dp = Datapath::load().with_topology(true);
+    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    // A non-first fragment's payload is no inner header: it must not be parsed as one.
+    let looks_like_ipv4 = ipv4(POD_REMOTE, POD_A, 6, 63);
+    let pass = |what, frag_off| Case {
+        what,
+        frame: ipip_frame(PEER, ME, frag_off, &looks_like_ipv4),
+        ingress: NIC,
+        ret: TC_ACT_UNSPEC,
+        counted: &[Counter::PassIpipFragment],
+    };
+    let cases = vec![
+        pass("first fragment", 0x2000),
+        pass("middle fragment", 0x2000 | 185),
+        pass("last fragment", 185),
+        Case {
+            what: "a fragment from a stranger",
+            frame: ipip_frame(STRANGER, ME, 0x2000, &looks_like_ipv4),
+            ingress: NIC,
+            ret: TC_ACT_SHOT,
+            counted: &[Counter::DropIpipUnknownSource],
+        },
+        Case {
+            what: "a fragment on the wrong device",
+            frame: ipip_frame(PEER, ME, 185, &looks_like_ipv4),
+            ingress: OTHER_DEV,
+            ret: TC_ACT_SHOT,
+            counted: &[Counter::DropIpipWrongDevice],
+        },
+    ];
+    run_cases(&dp, NIC_PROG, Counter::NicIngressSeen, &cases);
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn nic_ingress_forwards_plain_ipv4_only_from_sources_allowed_there() {
+    // --encapsulate never: pods of this location arrive unencapsulated.
+    let mut dp = Datapath::load().with_topology(false);
+    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    let frame = |src, dst| eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(src, dst, 17, 63));
+    let ok = |what, src, dst, counted| Case {
+        what,
+        frame: frame(src, dst),
+        ingress: NIC,
+        ret: TC_ACT_REDIRECT,
+        counted,
+    };
+    let forged = |what, src, dst, ingress| Case {
+        what,
+        frame: frame(src, dst),
+        ingress,
+        ret: TC_ACT_SHOT,
+        counted: &[Counter::DropPlainSource],
+    };
+    let cases = vec![
+        ok(
+            "a pod of this location",
+            POD_REMOTE,
+            POD_A,
+            &[Counter::DeliverLocalPeer],
+        ),
+        ok("a node's host", PEER, POD_A, &[Counter::DeliverLocalPeer]),
+        ok(
+            "an external source (a NodePort client, a masqueraded reply)",
+            OUTSIDE,
+            POD_A,
+            &[Counter::DeliverLocalPeer],
+        ),
+        ok(
+            "a pod of this location, through the leader into WireGuard",
+            POD_REMOTE,
+            POD_FAR,
+            &[Counter::RedirectWireguard],
+        ),
+        forged("another segment's pod on the LAN", POD_FAR, POD_A, NIC),
+        forged("this node's own pod", POD_B, POD_A, NIC),
+        forged("this node's own address", ME, POD_A, NIC),
+        forged(
+            "a pod of this location on another device",
+            POD_REMOTE,
+            POD_A,
+            OTHER_DEV,
+        ),
+        forged("this node's own pod into WireGuard", POD_B, POD_FAR, NIC),
+        Case {
+            what: "to the host itself: not forwarded, not judged",
+            frame: frame(POD_FAR, ME),
+            ingress: NIC,
+            ret: TC_ACT_UNSPEC,
+            counted: &[Counter::PassNoRoute],
+        },
+    ];
+    run_cases(&dp, NIC_PROG, Counter::NicIngressSeen, &cases);
+
+    // On a node behind the leader PEER, the far segment arrives from the LAN.
+    dp.add_nic_source([10, 244, 9, 0], 24, NIC);
+    run_cases(
+        &dp,
+        NIC_PROG,
+        Counter::NicIngressSeen,
+        &[ok(
+            "the leader relaying another segment",
+            POD_FAR,
+            POD_A,
+            &[Counter::DeliverLocalPeer],
+        )],
+    );
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn uplink_ingress_drops_cluster_sources_for_the_cluster() {
+    let mut dp = Datapath::load().with_topology(false);
+    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    let frame = |src, dst| eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(src, dst, 17, 63));
+    let case = |what, src, dst, ret, counted| Case {
+        what,
+        frame: frame(src, dst),
+        ingress: OTHER_DEV,
+        ret,
+        counted,
+    };
+    let shot = TC_ACT_SHOT;
+    let pass = TC_ACT_UNSPEC;
+    let dropped: &[Counter] = &[Counter::DropPlainSource];
+    let cases = vec![
+        case(
+            "a pod of this location, from the internet",
+            POD_REMOTE,
+            POD_A,
+            shot,
+            dropped,
+        ),
+        case(
+            "another segment's pod, from the internet",
+            POD_FAR,
+            POD_NEW,
+            shot,
+            dropped,
+        ),
+        case("to a remote pod", POD_B, POD_REMOTE, shot, dropped),
+        case(
+            "an external source: the stack's business",
+            OUTSIDE,
+            POD_A,
+            pass,
+            &[Counter::PassNotOurs],
+        ),
+        case(
+            "a cluster source to the host",
+            POD_REMOTE,
+            ME,
+            pass,
+            &[Counter::PassNotOurs],
+        ),
+    ];
+    run_cases(&dp, UPLINK_PROG, Counter::UplinkIngressSeen, &cases);
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn xdp_checks_ipip_as_the_nic_does() {
+    let mut dp = Datapath::load().with_topology(true);
+    dp.add_ipip_sender(PEER, LO, ME);
+    let to_pod = |src: [u8; 4]| ipv4(src, POD_A, 6, 63);
+    let cases: Vec<(&str, Vec<u8>, u32, Counter)> = vec![
+        (
+            "a node of this location",
+            ipip_frame(PEER, ME, 0, &to_pod(POD_REMOTE)),
+            XDP_PASS,
+            Counter::XdpPass,
+        ),
+        (
+            "a fragment from it",
+            ipip_frame(PEER, ME, 185, &to_pod(POD_FAR)),
+            XDP_PASS,
+            Counter::XdpPass,
+        ),
+        (
+            "forged outer source",
+            ipip_frame(STRANGER, ME, 0, &to_pod(POD_REMOTE)),
+            XDP_DROP,
+            Counter::XdpDropIpipUnknownSource,
+        ),
+        (
+            "wrong outer destination",
+            ipip_frame(PEER, [192, 168, 50, 99], 0, &to_pod(POD_REMOTE)),
+            XDP_DROP,
+            Counter::XdpDropIpipForged,
+        ),
+        (
+            "inner source outside the sender's ranges",
+            ipip_frame(PEER, ME, 0, &to_pod(POD_FAR)),
+            XDP_DROP,
+            Counter::XdpDropIpipForged,
+        ),
+    ];
+    for (what, frame, ret, counter) in &cases {
+        let c0 = dp.counts();
+        let r = dp.xdp(frame);
+        assert_eq!((r.ret, &r.out), (*ret, frame), "{what}");
+        assert_counted(&c0, &dp.counts(), &[(*counter, 1)]);
+    }
+    // Registered on the NIC, but XDP test runs arrive on the loopback device.
+    dp.add_ipip_sender(PEER, NIC, ME);
+    let frame = ipip_frame(PEER, ME, 0, &to_pod(POD_REMOTE));
+    let c0 = dp.counts();
+    assert_eq!(dp.xdp(&frame).ret, XDP_DROP, "wrong arrival device");
+    assert_counted(&c0, &dp.counts(), &[(Counter::XdpDropIpipForged, 1)]);
+}
+
+/// Runs `f` on a thread of its own in a new network namespace holding a veth
+/// pair `mtu0`/`mtu1` of MTU `mtu`: `bpf_check_mtu` finds devices by index in
+/// the test run's namespace. Returns `mtu0`'s index to `f`.
+fn in_netns_with_veth<T: Send + 'static>(mtu: u32, f: impl FnOnce(u32) -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this thread's network namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        let st = std::process::Command::new("ip")
+            .args(["link", "add", "mtu0", "mtu"])
+            .arg(mtu.to_string())
+            .args(["type", "veth", "peer", "name", "mtu1"])
+            .status()
+            .expect("running ip");
+        assert!(st.success(), "ip link add");
+        let name = std::ffi::CString::new("mtu0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(idx, 0, "mtu0 in the test's namespace");
+        f(idx)
+    })
+    .join()
+    .expect("the test thread")
+}
+
+#[test]
+#[ignore = "needs root; run by cargo xtask test"]
+fn forwarding_redirects_that_exceed_the_egress_mtu_go_to_the_stack() {
+    in_netns_with_veth(1500, |dev| {
+        let mut dp = Datapath::load().with_topology(true);
+        dp.add_route([10, 244, 2, 0], 24, Route::node_ipip(dev, PEER, ME));
+        dp.add_route([10, 244, 3, 0], 24, Route::node(dev, PEER));
+        dp.add_route([10, 244, 9, 0], 24, Route::wireguard(dev));
+        let to = |dst: [u8; 4], total: usize, df: bool| {
+            let mut ip = ipv4_with(POD_A, dst, 17, 64, &vec![0u8; total - 20]);
+            if !df {
+                ip[6] = 0;
+                ip[10] = 0;
+                ip[11] = 0;
+                let c = inet_csum(&ip[..20]);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            eth(GW_MAC, MAC_A, ETH_P_IP, &ip)
+        };
+        let node3 = [10, 244, 3, 7];
+        // (what, frame, forwarded)
+        let cases = [
+            (
+                "IPIP, fits after encapsulation",
+                to(POD_REMOTE, 1480, true),
+                true,
+            ),
+            (
+                "IPIP, DF, 1 byte over once encapsulated",
+                to(POD_REMOTE, 1481, true),
+                false,
+            ),
+            (
+                "IPIP, no DF, over once encapsulated",
+                to(POD_REMOTE, 1500, false),
+                false,
+            ),
+            ("direct, fits", to(node3, 1500, true), true),
+            ("direct, over", to(node3, 1501, true), false),
+            ("WireGuard, fits", to(POD_FAR, 1500, true), true),
+            ("WireGuard, over", to(POD_FAR, 1600, false), false),
+        ];
+        for (what, frame, forwarded) in &cases {
+            let c0 = dp.counts();
+            let r = dp.tc(POD_PROG, frame, VETH_A);
+            let c1 = dp.counts();
+            if *forwarded {
+                assert_eq!(r.ret, TC_ACT_REDIRECT, "{what}");
+                assert_eq!(
+                    c1[Counter::PassMtu as usize].packets,
+                    c0[Counter::PassMtu as usize].packets,
+                    "{what}"
+                );
+            } else {
+                assert_eq!(
+                    (r.ret, &r.out),
+                    (TC_ACT_UNSPEC, frame),
+                    "{what}: to the stack, unchanged"
+                );
+                assert_eq!(
+                    c1[Counter::PassMtu as usize].packets - c0[Counter::PassMtu as usize].packets,
+                    1,
+                    "{what}"
+                );
+            }
+        }
+
+        // The outer header gets a fresh ID, not the inner one (0x1234).
+        let ids: std::collections::BTreeSet<[u8; 2]> = (0..8)
+            .map(|_| {
+                let r = dp.tc(POD_PROG, &to(POD_REMOTE, 100, true), VETH_A);
+                assert_eq!(r.ret, TC_ACT_REDIRECT);
+                [r.out[14 + 4], r.out[14 + 5]]
+            })
+            .collect();
+        assert!(ids.len() > 1, "outer IDs vary: {ids:?}");
+        // Inner header untouched but for the TTL.
+        let r = dp.tc(POD_PROG, &to(POD_REMOTE, 100, true), VETH_A);
+        assert_eq!(&r.out[34 + 4..34 + 6], &[0x12, 0x34], "inner ID kept");
+    });
 }

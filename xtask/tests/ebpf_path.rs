@@ -12,7 +12,8 @@
 //!   every pod with forwarding off;
 //! - crafted IPIP from a host on a location's LAN that is not one of its
 //!   nodes is dropped by XDP and never reaches the pod inside; the same
-//!   packet from a node of the location is decapsulated and delivered;
+//!   packet from a node of the location, with an inner source that node may
+//!   send, is decapsulated and delivered;
 //!   without XDP the NIC's tc program drops it;
 //! - a pod-to-pod ping across locations loses nothing across `kill -9` and
 //!   restart of agents on its path and across 10 unrelated topology changes;
@@ -717,8 +718,19 @@ fn inject(
     n: u16,
     done: impl Fn(&Outcome) -> bool,
 ) -> Outcome {
+    inject_from(netns, outer, Ipv4Addr::new(192, 0, 2, 99), target, n, done)
+}
+
+/// [`inject`] with the inner source `inner_src`.
+fn inject_from(
+    netns: &str,
+    outer: (Ipv4Addr, Ipv4Addr),
+    inner_src: Ipv4Addr,
+    target: &Node,
+    n: u16,
+    done: impl Fn(&Outcome) -> bool,
+) -> Outcome {
     let pod = &target.pods[0];
-    let inner_src = Ipv4Addr::new(192, 0, 2, 99);
     let echos = || snmp(|s| pod.sh(s), "Icmp", "InEchos");
     let before = (counters(target), echos());
     let packets: Vec<Vec<u8>> = (1..=n)
@@ -781,11 +793,13 @@ fn ipip_from_outside_the_location_is_dropped() {
         let o = inject(&lan.netns, (src, aws1.private_ip), aws1, N, dropped);
         assert_eq!(o, none(n, 0), "IPIP from {src} to aws-1");
     }
-    // The same packets from a node of the location (spoofed: aws-2) are
-    // decapsulated and delivered: they were valid, only their source was not.
-    let o = inject(
+    // The same packets from a node of the location (spoofed: aws-2), with
+    // an inner source aws-2 may send (its pod), are decapsulated and
+    // delivered: they were valid, only their source was not.
+    let o = inject_from(
         &lan.netns,
         (aws2.private_ip, aws1.private_ip),
+        aws2.pods[0].ip,
         aws1,
         N,
         |o| o.pod_echos >= n,
@@ -837,9 +851,10 @@ fn ipip_from_outside_the_location_is_dropped() {
         o.tc_drop >= n
     });
     assert_eq!(o, none(0, n), "IPIP from {intruder} to aws-2 without XDP");
-    let o = inject(
+    let o = inject_from(
         &lan.netns,
         (aws1.private_ip, aws2.private_ip),
+        aws1.pods[0].ip,
         aws2,
         N,
         |o| o.pod_echos >= n,
@@ -1232,8 +1247,16 @@ fn writes(mesh: &Mesh, node: &str) -> BTreeMap<&'static str, u64> {
     [
         ("routes", "weft_bpf_map_writes_total{map=\"WEFT_ROUTES\"}"),
         (
-            "ipip_peers",
-            "weft_bpf_map_writes_total{map=\"WEFT_IPIP_PEERS\"}",
+            "ipip_senders",
+            "weft_bpf_map_writes_total{map=\"WEFT_IPIP_SENDERS\"}",
+        ),
+        (
+            "sender_sources",
+            "weft_bpf_map_writes_total{map=\"WEFT_SENDER_SOURCES\"}",
+        ),
+        (
+            "nic_sources",
+            "weft_bpf_map_writes_total{map=\"WEFT_NIC_SOURCES\"}",
         ),
         (
             "peers_added",
@@ -1479,14 +1502,19 @@ fn two_hundred_nodes_one_change_writes_only_its_entries() {
     let delta = writes_delta(&before, &after);
     eprintln!("    pod CIDR of {name} changed: {delta:?}");
     for n in &cluster.nodes {
+        // The CIDR is a cluster range (WEFT_NIC_SOURCES) everywhere, and one
+        // that a non-leader's leader relays (WEFT_SENDER_SOURCES).
         let mut want: BTreeMap<&str, u64> = [
             ("routes", 2),
+            ("nic_sources", 2),
             ("kernel_routes_added", 1),
             ("kernel_routes_removed", 1),
         ]
         .into();
         if is_leader(&n.name) {
             want.insert("peers_changed", 1);
+        } else {
+            want.insert("sender_sources", 2);
         }
         assert_eq!(
             delta[&n.name], want,
@@ -1503,7 +1531,11 @@ fn two_hundred_nodes_one_change_writes_only_its_entries() {
         assert_eq!(updates.len(), 1, "{}: {updates:?}", n.name);
         assert!(
             updates[0].contains("routes=Writes { inserted: 1, updated: 0, removed: 1 }")
-                && updates[0].contains("ipip_peers=Writes { inserted: 0, updated: 0, removed: 0 }"),
+                && updates[0].contains(if is_leader(&n.name) {
+                    "sources=Writes { inserted: 1, updated: 0, removed: 1 }"
+                } else {
+                    "sources=Writes { inserted: 2, updated: 0, removed: 2 }"
+                }),
             "{}: {}",
             n.name,
             updates[0]

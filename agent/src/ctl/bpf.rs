@@ -7,7 +7,10 @@ use aya::maps::{HashMap, Map, MapData};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use weft_common::maps::{IPIP_PEERS, PODS, PodEndpoint, ROUTES, Route, RouteAction};
+use weft_common::maps::{
+    IPIP_SENDERS, IpipSender, NIC_SOURCES, PODS, PodEndpoint, ROUTES, Route, RouteAction,
+    SENDER_SOURCE_KEY_LEN, SENDER_SOURCES,
+};
 
 fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
@@ -105,16 +108,65 @@ pub fn pods(pin_dir: &Path) -> Result<String> {
     Ok(rows.into_iter().map(|(_, s)| s).collect())
 }
 
-/// `weftctl bpf ipip-peers`: the sources IPIP is accepted from.
+/// `weftctl bpf ipip-peers`: the nodes IPIP is accepted from, the device it
+/// must arrive on and the outer destination it must carry, each followed by
+/// the inner sources it may send:
+/// `192.168.1.11 dev eth0 to 192.168.1.10 sources 10.42.1.0/24,192.168.1.11/32`.
+/// Then the plain-IPv4 rule: `plain 10.42.1.0/24 from eth0`, `plain 10.42.0.0/24 from nowhere`.
 pub fn ipip_peers(pin_dir: &Path) -> Result<String> {
-    let map: HashMap<MapData, [u8; 4], u32> =
-        HashMap::try_from(Map::HashMap(open(pin_dir, IPIP_PEERS)?))?;
-    let mut ips = map
-        .keys()
-        .map(|k| k.map(Ipv4Addr::from))
-        .collect::<Result<Vec<_>, _>>()?;
-    ips.sort();
-    Ok(ips.into_iter().map(|ip| format!("{ip}\n")).collect())
+    let senders: HashMap<MapData, [u8; 4], IpipSender> =
+        HashMap::try_from(Map::HashMap(open(pin_dir, IPIP_SENDERS)?))?;
+    let allowed: LpmTrie<MapData, [u8; SENDER_SOURCE_KEY_LEN], u32> =
+        LpmTrie::try_from(Map::LpmTrie(open(pin_dir, SENDER_SOURCES)?))?;
+    let plain: LpmTrie<MapData, [u8; 4], u32> =
+        LpmTrie::try_from(Map::LpmTrie(open(pin_dir, NIC_SOURCES)?))?;
+    let mut by_sender: std::collections::BTreeMap<[u8; 4], Vec<(u32, [u8; 4])>> =
+        Default::default();
+    for item in allowed.iter() {
+        let (k, _) = item?;
+        let d = k.data();
+        by_sender
+            .entry([d[0], d[1], d[2], d[3]])
+            .or_default()
+            .push((k.prefix_len().saturating_sub(32), [d[4], d[5], d[6], d[7]]));
+    }
+    let mut rows = Vec::new();
+    for item in senders.iter() {
+        let (ip, s) = item?;
+        let mut srcs = by_sender.remove(&ip).unwrap_or_default();
+        srcs.sort();
+        let srcs: Vec<String> = srcs
+            .iter()
+            .map(|(len, n)| format!("{}/{len}", Ipv4Addr::from(*n)))
+            .collect();
+        rows.push(format!(
+            "{} dev {} to {} sources {}\n",
+            Ipv4Addr::from(ip),
+            ifname(s.ifindex),
+            Ipv4Addr::from(s.local),
+            srcs.join(",")
+        ));
+    }
+    rows.sort();
+    let mut plain_rows = Vec::new();
+    for item in plain.iter() {
+        let (k, v) = item?;
+        let from = match v {
+            weft_common::sources::FROM_NOWHERE => "nowhere".to_string(),
+            i => ifname(i),
+        };
+        plain_rows.push((
+            (k.data(), k.prefix_len()),
+            format!(
+                "plain {}/{} from {from}\n",
+                Ipv4Addr::from(k.data()),
+                k.prefix_len()
+            ),
+        ));
+    }
+    plain_rows.sort();
+    rows.extend(plain_rows.into_iter().map(|(_, r)| r));
+    Ok(rows.concat())
 }
 
 /// `weftctl bpf nat`: the live masquerade translations.

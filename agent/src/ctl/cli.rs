@@ -85,7 +85,9 @@ pub enum BpfWhat {
     Counters,
     /// The local pods the datapath learned (IP → host veth, MAC).
     Pods,
-    /// The sources IPIP is accepted from (this location's nodes).
+    /// Who may send what into this node without WireGuard: the IPIP senders (this
+    /// location's nodes) with their device, outer destination and inner sources, then
+    /// the plain-IPv4 rule (cluster range → the device it may arrive on).
     IpipPeers,
     /// The pinned program attachments.
     Links,

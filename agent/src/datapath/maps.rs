@@ -7,7 +7,11 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
-use weft_common::maps::{IPIP_PEER, Route};
+use std::net::IpAddr;
+use weft_common::maps::{ALLOWED, IpipSender, Route, SENDER_SOURCE_KEY_LEN, sender_source_data};
+use weft_common::sources::FROM_NOWHERE;
+
+use crate::topology::Sender;
 
 /// What one map sync changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,21 +116,85 @@ pub fn sync_routes(map: &mut Map, desired: &BTreeMap<RouteKey, Route>) -> Result
     Ok(w)
 }
 
-/// Makes `WEFT_IPIP_PEERS` hold exactly `desired` (the private IPs of this location's nodes).
-pub fn sync_ipip_peers(map: &mut Map, desired: &[std::net::Ipv4Addr]) -> Result<Writes> {
-    let mut hash: HashMap<&mut MapData, [u8; 4], u32> = HashMap::try_from(map)?;
+/// Key of `WEFT_SENDER_SOURCES`: (prefix length 32 + source prefix length,
+/// sender ++ source network).
+pub type SenderSourceKey = (u32, [u8; SENDER_SOURCE_KEY_LEN]);
+
+/// The contents of the three maps that say who may send what into this
+/// node without WireGuard (see `weft_common::sources`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceMaps {
+    /// `WEFT_IPIP_SENDERS`.
+    pub senders: BTreeMap<[u8; 4], IpipSender>,
+    /// `WEFT_SENDER_SOURCES`.
+    pub sender_sources: BTreeMap<SenderSourceKey, u32>,
+    /// `WEFT_NIC_SOURCES`.
+    pub nic_sources: BTreeMap<RouteKey, u32>,
+}
+
+/// Translates the topology's senders and cluster ranges into [`SourceMaps`]:
+/// every sender on `nic_ifindex` with this node's private IP `local` as the
+/// outer destination; every cluster range from nowhere, then what some
+/// sender may send from the NIC (a `/0` stays out of `WEFT_NIC_SOURCES`).
+/// Without a NIC or a private IPv4 address nobody sends over the LAN.
+/// IPv6 entries are left out (the datapath is IPv4).
+pub fn source_maps(
+    senders: &[Sender],
+    cluster_sources: &[ipnet::IpNet],
+    nic_ifindex: Option<u32>,
+    local: Option<std::net::Ipv4Addr>,
+) -> SourceMaps {
+    let v4 = |n: &ipnet::IpNet| match n {
+        ipnet::IpNet::V4(n) => Some(n.trunc()),
+        ipnet::IpNet::V6(_) => None,
+    };
+    let mut m = SourceMaps::default();
+    for c in cluster_sources.iter().filter_map(v4) {
+        if c.prefix_len() != 0 {
+            m.nic_sources.insert(route_key(&c), FROM_NOWHERE);
+        }
+    }
+    let (Some(nic), Some(local)) = (nic_ifindex, local) else {
+        return m;
+    };
+    for s in senders {
+        let IpAddr::V4(ip) = s.ip else { continue };
+        m.senders.insert(
+            ip.octets(),
+            IpipSender {
+                ifindex: nic,
+                local: local.octets(),
+            },
+        );
+        for c in s.sources.iter().filter_map(v4) {
+            let (len, net) = route_key(&c);
+            m.sender_sources
+                .insert((32 + len, sender_source_data(ip.octets(), net)), ALLOWED);
+            if len != 0 {
+                m.nic_sources.insert((len, net), nic);
+            }
+        }
+    }
+    m
+}
+
+/// Makes the hash map `map` (named `name`, for errors) hold exactly `desired`.
+pub fn sync_hash<K, V>(map: &mut Map, name: &str, desired: &BTreeMap<K, V>) -> Result<Writes>
+where
+    K: aya::Pod + Ord + std::fmt::Debug,
+    V: aya::Pod + PartialEq,
+{
+    let mut hash: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
     let mut current = BTreeMap::new();
     for item in hash.iter() {
-        let (k, v) = item.context("reading WEFT_IPIP_PEERS")?;
+        let (k, v) = item.with_context(|| format!("reading {name}"))?;
         current.insert(k, v);
     }
-    let desired: BTreeMap<[u8; 4], u32> =
-        desired.iter().map(|ip| (ip.octets(), IPIP_PEER)).collect();
-    let (upserts, removals) = diff(&current, &desired);
+    let (upserts, removals) = diff(&current, desired);
     let mut w = Writes::default();
     for (k, v, existed) in upserts {
         hash.insert(k, v, 0)
-            .with_context(|| format!("writing IPIP peer {}", std::net::Ipv4Addr::from(k)))?;
+            .with_context(|| format!("writing {name} entry {k:?}"))?;
         if existed {
             w.updated += 1
         } else {
@@ -135,7 +203,39 @@ pub fn sync_ipip_peers(map: &mut Map, desired: &[std::net::Ipv4Addr]) -> Result<
     }
     for k in removals {
         hash.remove(&k)
-            .with_context(|| format!("removing IPIP peer {}", std::net::Ipv4Addr::from(k)))?;
+            .with_context(|| format!("removing {name} entry {k:?}"))?;
+        w.removed += 1;
+    }
+    Ok(w)
+}
+
+/// Makes the LPM trie `map` (named `name`) hold exactly `desired`, keyed by
+/// (prefix length, data).
+pub fn sync_lpm<K, V>(map: &mut Map, name: &str, desired: &BTreeMap<(u32, K), V>) -> Result<Writes>
+where
+    K: aya::Pod + Ord + std::fmt::Debug,
+    V: aya::Pod + PartialEq,
+{
+    let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
+    let mut current = BTreeMap::new();
+    for item in trie.iter() {
+        let (k, v) = item.with_context(|| format!("reading {name}"))?;
+        current.insert((k.prefix_len(), k.data()), v);
+    }
+    let (upserts, removals) = diff(&current, desired);
+    let mut w = Writes::default();
+    for ((len, data), v, existed) in upserts {
+        trie.insert(&Key::new(len, data), v, 0)
+            .with_context(|| format!("writing {name} entry {data:?}/{len}"))?;
+        if existed {
+            w.updated += 1
+        } else {
+            w.inserted += 1
+        }
+    }
+    for (len, data) in removals {
+        trie.remove(&Key::new(len, data))
+            .with_context(|| format!("removing {name} entry {data:?}/{len}"))?;
         w.removed += 1;
     }
     Ok(w)
@@ -188,6 +288,76 @@ mod tests {
             ]
         );
         assert_eq!(want[&(32, [192, 168, 1, 12])], Route::wireguard(wg));
+    }
+
+    #[test]
+    fn source_maps_from_the_topology() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let leader = Sender {
+            name: "b".into(),
+            ip: "192.168.1.1".parse().unwrap(),
+            sources: vec![net("0.0.0.0/0"), net("10.2.1.0/24"), net("10.2.2.0/24")],
+        };
+        let node = Sender {
+            name: "e".into(),
+            ip: "192.168.1.3".parse().unwrap(),
+            sources: vec![net("10.2.5.0/24"), net("192.168.1.3/32")],
+        };
+        let v6 = Sender {
+            name: "six".into(),
+            ip: "fd00::1".parse().unwrap(),
+            sources: vec![net("fd00:42::/64")],
+        };
+        let cluster = [
+            net("10.2.1.0/24"),
+            net("10.2.2.0/24"),
+            net("10.2.3.0/24"),
+            net("10.2.5.7/24"), // not truncated by the caller: keyed by its network
+            net("192.168.1.3/32"),
+            net("fd00:42::/64"),
+        ];
+        let me = std::net::Ipv4Addr::new(192, 168, 1, 2);
+        let m = source_maps(&[leader, node, v6], &cluster, Some(2), Some(me));
+        let local = me.octets();
+        assert_eq!(
+            m.senders,
+            [
+                ([192, 168, 1, 1], IpipSender { ifindex: 2, local }),
+                ([192, 168, 1, 3], IpipSender { ifindex: 2, local }),
+            ]
+            .into()
+        );
+        let keys: Vec<SenderSourceKey> = m.sender_sources.keys().copied().collect();
+        assert_eq!(
+            keys,
+            vec![
+                (32, [192, 168, 1, 1, 0, 0, 0, 0]),
+                (56, [192, 168, 1, 1, 10, 2, 1, 0]),
+                (56, [192, 168, 1, 1, 10, 2, 2, 0]),
+                (56, [192, 168, 1, 3, 10, 2, 5, 0]),
+                (64, [192, 168, 1, 3, 192, 168, 1, 3]),
+            ]
+        );
+        assert!(m.sender_sources.values().all(|v| *v == ALLOWED));
+        // Sendable from the NIC, or from nowhere (this node's own 10.2.3.0/24); no /0.
+        assert_eq!(
+            m.nic_sources,
+            [
+                ((24, [10, 2, 1, 0]), 2),
+                ((24, [10, 2, 2, 0]), 2),
+                ((24, [10, 2, 3, 0]), FROM_NOWHERE),
+                ((24, [10, 2, 5, 0]), 2),
+                ((32, [192, 168, 1, 3]), 2),
+            ]
+            .into()
+        );
+        // No NIC or no private IP: nobody sends over the LAN; cluster ranges from nowhere.
+        for (nic, local) in [(None, Some(me)), (Some(2), None)] {
+            let m = source_maps(&[], &cluster, nic, local);
+            assert!(m.senders.is_empty() && m.sender_sources.is_empty());
+            assert!(m.nic_sources.values().all(|v| *v == FROM_NOWHERE));
+            assert_eq!(m.nic_sources.len(), 5);
+        }
     }
 
     #[test]

@@ -272,8 +272,31 @@ pub struct Topology {
     pub service_cidrs: Vec<IpNet>,
     /// IPIP is accepted only from these: the private IPs of this segment's nodes.
     pub ipip_sources: Vec<IpAddr>,
+    /// Who may send what into this node without WireGuard (IPIP, or plain
+    /// on the LAN): this segment's other nodes with a private IP, sorted by
+    /// IP. See `weft_common::sources` for the rule the datapath applies.
+    pub senders: Vec<Sender>,
+    /// Every cluster range a packet's source can be in (sorted): every
+    /// segment's pod CIDRs, private IPs and WireGuard IP, the other segments'
+    /// allowed location IPs, the peers' allowed IPs (less `/0`: an exit
+    /// peer's range would make every address a cluster one). A source in
+    /// one of these arriving at the NIC unencapsulated is accepted only if
+    /// some sender may send it.
+    pub cluster_sources: Vec<IpNet>,
     pub encapsulate: Encapsulate,
     pub warnings: Vec<Warning>,
+}
+
+/// A node of this segment that may send to this node over the LAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub name: String,
+    /// Its private IP: the outer source of its IPIP, the next hop of its route.
+    pub ip: IpAddr,
+    /// The sources it may send (sorted): its pod CIDR and private IP (host
+    /// traffic) and, for the segment's leader, everything it relays into
+    /// the segment ([`Mesh::relayed_into`]).
+    pub sources: Vec<IpNet>,
 }
 
 /// The whole mesh: the same for every node.
@@ -595,6 +618,8 @@ impl Mesh {
         let mut ipip_sources: Vec<IpAddr> = mine.private_ips().collect();
         ipip_sources.sort();
         ipip_sources.dedup();
+        let senders = self.senders(me);
+        let cluster_sources = self.cluster_sources(me.segment);
 
         let wireguard_ip = leader.then(|| {
             IpNet::new(mine.wireguard_ip, self.settings.subnet.prefix_len())
@@ -617,9 +642,84 @@ impl Mesh {
             masquerade,
             service_cidrs: self.settings.service_cidrs.clone(),
             ipip_sources,
+            senders,
+            cluster_sources,
             encapsulate: self.settings.encapsulate,
             warnings,
         })
+    }
+
+    /// What the leader of segment `seg` forwards from WireGuard into it (and
+    /// so sends on its LAN with sources not its own): every other segment's
+    /// pod CIDRs, private IPs, WireGuard IP and allowed location IPs, the
+    /// peers' allowed IPs, and its own WireGuard IP.
+    pub fn relayed_into(&self, seg: usize) -> BTreeSet<IpNet> {
+        let mut out = BTreeSet::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            out.insert(host_net(s.wireguard_ip));
+            if i != seg {
+                out.extend(s.allowed_ips.iter().copied());
+                out.extend(s.allowed_location_ips.iter().copied());
+            }
+        }
+        for p in &self.peers {
+            out.extend(p.allowed_ips.iter().copied());
+        }
+        out
+    }
+
+    /// The other nodes of `me`'s segment that reach it over the LAN, with
+    /// what each may send. None for a node without a private IP.
+    fn senders(&self, me: &Member) -> Vec<Sender> {
+        let mine = &self.segments[me.segment];
+        let Some(my_ip) = mine.nodes[me.index].private_ip.map(|p| p.addr()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Sender> = mine
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != me.index)
+            .filter_map(|(i, n)| {
+                let ip = n.private_ip?.addr();
+                if ip == my_ip {
+                    return None;
+                }
+                let mut sources = BTreeSet::from([n.pod_cidr, host_net(ip)]);
+                if i == mine.leader {
+                    sources.extend(self.relayed_into(me.segment));
+                }
+                Some(Sender {
+                    name: n.name.clone(),
+                    ip,
+                    sources: sources.into_iter().collect(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| s.ip);
+        out.dedup_by_key(|s| s.ip);
+        out
+    }
+
+    /// Every cluster range (see [`Topology::cluster_sources`]) seen from segment `seg`.
+    fn cluster_sources(&self, seg: usize) -> Vec<IpNet> {
+        let mut out = BTreeSet::new();
+        for (i, s) in self.segments.iter().enumerate() {
+            out.extend(s.allowed_ips.iter().copied());
+            out.insert(host_net(s.wireguard_ip));
+            if i != seg {
+                out.extend(s.allowed_location_ips.iter().copied());
+            }
+        }
+        for p in &self.peers {
+            out.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter(|c| c.prefix_len() != 0)
+                    .copied(),
+            );
+        }
+        out.into_iter().collect()
     }
 
     fn routes(&self, me: &Member, discovered: &BTreeMap<PublicKey, SocketAddr>) -> Vec<Route> {

@@ -1168,3 +1168,103 @@ fn dns_endpoints_are_resolved_outside_the_topology() {
     let p1 = t.peers.iter().find(|p| p.public_key == key(11)).unwrap();
     assert_eq!(p1.resolve_endpoint(&Fixed).unwrap(), None);
 }
+
+#[test]
+fn senders_and_what_they_may_send() {
+    let (nodes, peers) = fixture();
+    let m = build(&nodes, &peers, &Settings::default());
+    // Location 2: b (leader), c, e. Location 1: a; d is alone (no private IP).
+    let t = m.topology("c").unwrap();
+    assert_eq!(t.leader_name, "b");
+    let names: Vec<&str> = t.senders.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["b", "e"], "sorted by IP, not c itself");
+    let b = &t.senders[0];
+    assert_eq!(b.ip, ip("192.168.1.1"));
+    // The leader relays the other segments, the peers and the WireGuard IPs.
+    let mut relayed: Vec<IpNet> = [
+        "10.2.1.0/24",
+        "10.2.2.0/24",
+        "10.2.4.0/24",
+        "192.168.0.1/32",
+        "192.168.1.1/32",
+        "10.5.0.1/32",
+        "10.5.0.2/32",
+        "10.5.0.3/32",
+    ]
+    .map(net)
+    .to_vec();
+    relayed.extend(m.segments.iter().map(|s| IpNet::from(s.wireguard_ip)));
+    relayed.sort();
+    assert_eq!(b.sources, relayed);
+    // This segment's own other nodes and allowed location IPs are not relayed by it.
+    for own in ["10.2.3.0/24", "10.2.5.0/24", "192.168.178.3/32"] {
+        assert!(!b.sources.contains(&net(own)), "{own}");
+    }
+    // A plain node sends from its pod CIDR and its own address only.
+    let e = &t.senders[1];
+    assert_eq!(
+        (e.ip, e.sources.clone()),
+        (
+            ip("192.168.1.3"),
+            vec![net("10.2.5.0/24"), net("192.168.1.3/32")]
+        )
+    );
+    // The leader accepts its nodes' own ranges only.
+    let tb = m.topology("b").unwrap();
+    let from: Vec<(IpAddr, Vec<IpNet>)> = tb
+        .senders
+        .iter()
+        .map(|s| (s.ip, s.sources.clone()))
+        .collect();
+    assert_eq!(
+        from,
+        vec![
+            (
+                ip("192.168.1.3"),
+                vec![net("10.2.5.0/24"), net("192.168.1.3/32")]
+            ),
+            (
+                ip("192.168.2.2"),
+                vec![net("10.2.3.0/24"), net("192.168.2.2/32")]
+            ),
+        ]
+    );
+    // Alone in its segment, or without a private IP: nobody.
+    assert!(m.topology("a").unwrap().senders.is_empty());
+    assert!(m.topology("d").unwrap().senders.is_empty());
+}
+
+#[test]
+fn cluster_sources_cover_the_mesh_but_not_exit_peers_nor_own_location_hosts() {
+    let (nodes, mut peers) = fixture();
+    peers.push(peer("exit", &["0.0.0.0/0"], 13));
+    let s = Settings {
+        allow_exit_peers: true,
+        ..Settings::default()
+    };
+    let m = build(&nodes, &peers, &s);
+    let t = m.topology("c").unwrap();
+    for want in [
+        "10.2.1.0/24",
+        "10.2.3.0/24",
+        "10.2.4.0/24",
+        "192.168.1.1/32",
+        "10.5.0.3/32",
+    ] {
+        assert!(t.cluster_sources.contains(&net(want)), "{want}");
+    }
+    for s in &m.segments {
+        assert!(t.cluster_sources.contains(&IpNet::from(s.wireguard_ip)));
+    }
+    assert!(!t.cluster_sources.contains(&net("0.0.0.0/0")), "exit peer");
+    assert!(
+        !t.cluster_sources.contains(&net("192.168.178.3/32")),
+        "this location's own allowed location IPs are its LAN's hosts"
+    );
+    // Seen from location 1 they are location 2's, and so a cluster range.
+    let ta = m.topology("a").unwrap();
+    assert!(ta.cluster_sources.contains(&net("192.168.178.3/32")));
+    // The leader relays the exit peer's range.
+    let b = &t.senders[0];
+    assert!(b.sources.contains(&net("0.0.0.0/0")));
+}

@@ -215,17 +215,67 @@ pub async fn auto_mtu(h: &Handle) -> Result<u32, AutoMtuError> {
     let wg = mtu
         .checked_sub(WIREGUARD_OVERHEAD)
         .filter(|&m| m >= 1280)
-        .ok_or(AutoMtuError::TooSmall { link: name, mtu })?;
+        .ok_or(AutoMtuError::TooSmall {
+            link: format!("the default route's interface {name}"),
+            mtu,
+        })?;
     Ok(wg)
+}
+
+/// The MTU the kernel uses towards `dst`: that of the route a packet to it
+/// takes (its device's MTU, the route's own `mtu`, or a path MTU learned for
+/// it), read from a UDP socket connected to it (`IP_MTU`, `IPV6_MTU`).
+/// Nothing is sent.
+pub fn path_mtu(dst: std::net::SocketAddr) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let any: std::net::SocketAddr = match dst {
+        std::net::SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = std::net::UdpSocket::bind(any)?;
+    sock.connect(dst)?;
+    let (level, name) = match dst {
+        std::net::SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        std::net::SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a socket we own; mtu and len are live and of the size passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(mtu as u32)
+}
+
+/// The WireGuard MTU that fits every path in `paths` (`(endpoint, path MTU)`
+/// of the endpoints WireGuard sends to): the smallest less
+/// [`WIREGUARD_OVERHEAD`]. `None` without paths.
+pub fn mtu_for_paths(paths: &[(std::net::SocketAddr, u32)]) -> Option<Result<u32, AutoMtuError>> {
+    let (to, mtu) = paths.iter().min_by_key(|(_, m)| *m)?;
+    Some(
+        mtu.checked_sub(WIREGUARD_OVERHEAD)
+            .filter(|&m| m >= 1280)
+            .ok_or(AutoMtuError::TooSmall {
+                link: format!("the path to {to}"),
+                mtu: *mtu,
+            }),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AutoMtuError {
     #[error("no default route to take the MTU from: pass --mtu explicitly")]
     NoDefaultRoute,
-    #[error(
-        "the default route's interface {link} has MTU {mtu}, too small for WireGuard (needs >= 1360)"
-    )]
+    #[error("{link} has MTU {mtu}, too small for WireGuard (needs >= 1360)")]
     TooSmall { link: String, mtu: u32 },
     #[error("opening a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
@@ -236,6 +286,34 @@ pub enum AutoMtuError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_mtu_fits_the_narrowest_path() {
+        let a: std::net::SocketAddr = "198.18.0.11:51820".parse().unwrap();
+        let b: std::net::SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
+        assert!(mtu_for_paths(&[]).is_none(), "no path: fall back");
+        // A 9001-byte VPC link whose internet path is 1500: the tunnel fits 1500.
+        assert_eq!(mtu_for_paths(&[(a, 1500)]).unwrap().unwrap(), 1420);
+        assert_eq!(
+            mtu_for_paths(&[(a, 9001), (b, 1500)]).unwrap().unwrap(),
+            1420
+        );
+        assert_eq!(mtu_for_paths(&[(a, 9001)]).unwrap().unwrap(), 8921);
+        let e = mtu_for_paths(&[(a, 9001), (b, 1300)]).unwrap().unwrap_err();
+        assert!(e.to_string().contains("[2001:db8::1]:51820"), "{e}");
+    }
+
+    #[test]
+    fn path_mtu_of_loopback_is_los() {
+        // Loopback exists in every namespace; IPv4 caps what it reports at 65535.
+        let lo = path_mtu("127.0.0.1:9".parse().unwrap()).unwrap();
+        let dev: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(lo, dev.min(65535));
+    }
 
     fn n(s: &str) -> IpNet {
         s.parse().unwrap()

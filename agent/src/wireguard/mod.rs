@@ -175,8 +175,35 @@ fn nl(context: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> WgError {
     move |source| WgError::Netlink { context, source }
 }
 
-/// The MTU for WireGuard when `--mtu auto`: the default route's interface
-/// MTU minus [`WIREGUARD_OVERHEAD`].
+/// The MTU for WireGuard when `--mtu auto`: the smallest path MTU towards
+/// `endpoints` (where WireGuard's packets really go, by whichever device and
+/// route) minus [`WIREGUARD_OVERHEAD`]; without any endpoint whose path the
+/// kernel knows, or with a path too narrow for WireGuard, the default
+/// route's interface MTU minus the overhead.
+pub async fn auto_mtu_towards(endpoints: &[std::net::SocketAddr]) -> Result<u32, AutoMtuError> {
+    let paths: Vec<(std::net::SocketAddr, u32)> = endpoints
+        .iter()
+        .filter_map(|e| match link::path_mtu(*e) {
+            Ok(m) => Some((*e, m)),
+            Err(err) => {
+                tracing::debug!(endpoint = %e, "no path MTU: {err}");
+                None
+            }
+        })
+        .collect();
+    match link::mtu_for_paths(&paths) {
+        Some(Ok(m)) => Ok(m),
+        // A path too narrow for WireGuard (a learned path MTU, say) must not
+        // stop the agent: what it did before, with a warning.
+        Some(Err(e)) => {
+            tracing::warn!("{e}: taking the default route's interface MTU instead");
+            auto_mtu().await
+        }
+        None => auto_mtu().await,
+    }
+}
+
+/// The default route's interface MTU minus [`WIREGUARD_OVERHEAD`].
 pub async fn auto_mtu() -> Result<u32, AutoMtuError> {
     let (conn, h, _) = rtnetlink::new_connection().map_err(AutoMtuError::Socket)?;
     let task = tokio::spawn(conn);

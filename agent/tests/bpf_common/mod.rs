@@ -13,7 +13,10 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use weft::datapath::EBPF_OBJECT;
 use weft_common::counters::{Counter, CounterValue};
-use weft_common::maps::{self, IPIP_PEER, PodEndpoint, Route, route_key};
+use weft_common::maps::{
+    self, ALLOWED, IpipSender, PodEndpoint, Route, route_key, sender_source_key,
+};
+use weft_common::sources::FROM_NOWHERE;
 
 /// `TC_ACT_UNSPEC` (-1, TCX_NEXT) as the test run reports it: what the
 /// programs return for a packet they leave to the next program and the stack.
@@ -31,7 +34,11 @@ pub const UPLINK_PROG: &str = "weft_uplink_ingress";
 pub const NIC_EGRESS_PROG: &str = "weft_nic_egress";
 
 // The test topology. Interfaces need not exist: test runs do not redirect.
+/// The loopback device: what XDP test runs arrive on.
+pub const LO: u32 = 1;
 pub const NIC: u32 = 2;
+/// A device no route points to (another NIC, the public uplink).
+pub const OTHER_DEV: u32 = 9;
 pub const BRIDGE: u32 = 3;
 pub const WG: u32 = 4;
 pub const VETH_A: u32 = 100;
@@ -166,7 +173,11 @@ impl Datapath {
         m.insert(&route_key(prefix, len), route, 0).unwrap();
     }
 
-    /// The routes of a node of this location that IPIP-encapsulates to PEER.
+    /// The routes of a node of this location (its leader: other segments go
+    /// into WireGuard) that IPIP-encapsulates to PEER, and who may send what:
+    /// PEER, a plain node, from its pod CIDR and its own address, on the NIC,
+    /// to ME; this node's pod CIDR and the far segment are cluster ranges
+    /// that come from nowhere over the LAN.
     pub fn with_topology(mut self, encapsulate: bool) -> Datapath {
         self.add_route([10, 244, 1, 0], 24, Route::local(BRIDGE));
         let to_peer = if encapsulate {
@@ -176,7 +187,14 @@ impl Datapath {
         };
         self.add_route([10, 244, 2, 0], 24, to_peer);
         self.add_route([10, 244, 9, 0], 24, Route::wireguard(WG));
-        self.add_ipip_peer(PEER);
+        self.add_ipip_sender(PEER, NIC, ME);
+        self.add_sender_source(PEER, [10, 244, 2, 0], 24);
+        self.add_sender_source(PEER, PEER, 32);
+        self.add_nic_source([10, 244, 1, 0], 24, FROM_NOWHERE);
+        self.add_nic_source(ME, 32, FROM_NOWHERE);
+        self.add_nic_source([10, 244, 9, 0], 24, FROM_NOWHERE);
+        self.add_nic_source([10, 244, 2, 0], 24, NIC);
+        self.add_nic_source(PEER, 32, NIC);
         self
     }
 
@@ -192,10 +210,26 @@ impl Datapath {
         m.get(&ip, 0).ok()
     }
 
-    pub fn add_ipip_peer(&mut self, ip: [u8; 4]) {
-        let mut m: HashMap<_, [u8; 4], u32> =
-            HashMap::try_from(self.ebpf.map_mut(maps::IPIP_PEERS).unwrap()).unwrap();
-        m.insert(ip, IPIP_PEER, 0).unwrap();
+    /// IPIP from `ip` is accepted on `ifindex`, addressed to `local`.
+    pub fn add_ipip_sender(&mut self, ip: [u8; 4], ifindex: u32, local: [u8; 4]) {
+        let mut m: HashMap<_, [u8; 4], IpipSender> =
+            HashMap::try_from(self.ebpf.map_mut(maps::IPIP_SENDERS).unwrap()).unwrap();
+        m.insert(ip, IpipSender { ifindex, local }, 0).unwrap();
+    }
+
+    /// `sender` may send inner sources in `prefix/len`.
+    pub fn add_sender_source(&mut self, sender: [u8; 4], prefix: [u8; 4], len: u32) {
+        let mut m: LpmTrie<_, [u8; 8], u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::SENDER_SOURCES).unwrap()).unwrap();
+        m.insert(&sender_source_key(sender, prefix, len), ALLOWED, 0)
+            .unwrap();
+    }
+
+    /// Plain IPv4 from `prefix/len` (a cluster range) may arrive on `ifindex` (0: nowhere).
+    pub fn add_nic_source(&mut self, prefix: [u8; 4], len: u32, ifindex: u32) {
+        let mut m: LpmTrie<_, [u8; 4], u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::NIC_SOURCES).unwrap()).unwrap();
+        m.insert(&route_key(prefix, len), ifindex, 0).unwrap();
     }
 
     /// Every counter summed over the CPUs, in `Counter::ALL` order.

@@ -8,7 +8,7 @@
 //! one outcome counter (an action, a pass reason or a drop reason). On top of
 //! that, `pod_learned` counts writes to `WEFT_PODS`, and a packet decapsulated
 //! on the NIC adds `ipip_decap` before the outcome of its inner packet. XDP adds
-//! `xdp_pass` or `xdp_drop_ipip_unknown_source` per frame. Bytes are the
+//! `xdp_pass`, `xdp_drop_ipip_unknown_source` or `xdp_drop_ipip_forged` per frame. Bytes are the
 //! packet's length as the program found it (`skb->len`, the XDP frame
 //! length); an outcome after decapsulation counts the inner frame.
 
@@ -52,7 +52,7 @@ pub enum Counter {
     PassNotOurs = 15,
     /// Passed to the stack: TTL would expire, the stack sends ICMP time exceeded.
     PassTtlExpired = 16,
-    /// Dropped (tc on the NIC): IPIP from a source not in `WEFT_IPIP_PEERS`. The same
+    /// Dropped (tc on the NIC): IPIP from a source not in `WEFT_IPIP_SENDERS`. The same
     /// rule as XDP's, so the guard holds where XDP is not attached; the stack could
     /// not decapsulate it anyway (it would answer "protocol unreachable").
     DropIpipUnknownSource = 17,
@@ -66,7 +66,7 @@ pub enum Counter {
     HeaderPushFailed = 21,
     /// XDP on the NIC: passed.
     XdpPass = 22,
-    /// XDP on the NIC: IPIP from a source not in `WEFT_IPIP_PEERS`, dropped.
+    /// XDP on the NIC: IPIP from a source not in `WEFT_IPIP_SENDERS`, dropped.
     XdpDropIpipUnknownSource = 23,
     /// Masquerade: a packet source-NATed to the node's address and sent out
     /// of the egress device the FIB chose.
@@ -108,6 +108,28 @@ pub enum Counter {
     /// of a flow of ours (a pod answering a connection the kernel NATed in,
     /// hostPort or NodePort: its conntrack translates it back).
     NatPassNotNew = 38,
+    /// Dropped (tc on the NIC): IPIP from a node of this location whose outer
+    /// destination is not this node's private IP.
+    DropIpipWrongDestination = 39,
+    /// Dropped (tc on the NIC): IPIP from a node of this location that arrived on
+    /// another device than the NIC the route to that node points to.
+    DropIpipWrongDevice = 40,
+    /// Dropped (tc on the NIC): IPIP whose inner source is not one its sender may
+    /// send (its pod CIDR and node IP; for the leader, what it relays).
+    DropIpipInnerSource = 41,
+    /// Dropped (tc on the NIC or an uplink): plain IPv4 to be forwarded (into a
+    /// pod or WireGuard) whose source is a cluster range that may not arrive on
+    /// that device (see `weft_common::sources`).
+    DropPlainSource = 42,
+    /// XDP on the NIC: IPIP from a node of this location with the wrong outer
+    /// destination, arrival device or inner source, dropped.
+    XdpDropIpipForged = 43,
+    /// Passed to the stack: an IPIP fragment from a node of this location (the
+    /// inner headers are not all in it; never parsed as if they were).
+    PassIpipFragment = 44,
+    /// Passed to the stack: the packet does not fit the egress device's MTU (after
+    /// encapsulation): the stack fragments it or answers "fragmentation needed".
+    PassMtu = 45,
 }
 
 impl Counter {
@@ -152,6 +174,13 @@ impl Counter {
         Counter::ServiceToStack,
         Counter::ServiceReplyToStack,
         Counter::NatPassNotNew,
+        Counter::DropIpipWrongDestination,
+        Counter::DropIpipWrongDevice,
+        Counter::DropIpipInnerSource,
+        Counter::DropPlainSource,
+        Counter::XdpDropIpipForged,
+        Counter::PassIpipFragment,
+        Counter::PassMtu,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -196,6 +225,13 @@ impl Counter {
             Counter::ServiceToStack => "service_to_stack",
             Counter::ServiceReplyToStack => "service_reply_to_stack",
             Counter::NatPassNotNew => "nat_pass_not_new",
+            Counter::DropIpipWrongDestination => "drop_ipip_wrong_destination",
+            Counter::DropIpipWrongDevice => "drop_ipip_wrong_device",
+            Counter::DropIpipInnerSource => "drop_ipip_inner_source",
+            Counter::DropPlainSource => "drop_plain_source",
+            Counter::XdpDropIpipForged => "xdp_drop_ipip_forged",
+            Counter::PassIpipFragment => "pass_ipip_fragment",
+            Counter::PassMtu => "pass_mtu",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! IPv4-in-IPv4 (RFC 2003) encapsulation: the outer header, and which IPIP
-//! packets a node accepts.
+//! IPv4-in-IPv4 (RFC 2003) encapsulation: the outer header. Which IPIP
+//! packets a node accepts is [`crate::sources`].
 
 use crate::csum::ipv4_header_checksum;
 use crate::packet::{IP_DF, IPPROTO_IPIP, IPV4_HLEN, Ipv4Facts, ipv4};
@@ -13,10 +13,17 @@ pub const ENCAP_LEN: usize = IPV4_HLEN;
 /// Builds the outer header for `inner` from `src` to `dst`: version 4, IHL 5,
 /// TOS (DSCP and ECN) copied from the inner header, total length = inner
 /// total length + 20 (saturating: a GSO packet's segments get theirs from the
-/// kernel), ID copied from the inner header, DF copied, no fragment offset,
-/// TTL [`OUTER_TTL`], protocol 4, a correct checksum.
+/// kernel), ID `id` (fresh per packet, chosen by the caller: reusing the
+/// inner one would give two flows between the same nodes colliding IDs,
+/// which corrupts reassembly of the outer fragments), DF copied, no fragment
+/// offset, TTL [`OUTER_TTL`], protocol 4, a correct checksum.
 #[inline(always)]
-pub fn build_outer_header(inner: &Ipv4Facts, src: [u8; 4], dst: [u8; 4]) -> [u8; IPV4_HLEN] {
+pub fn build_outer_header(
+    inner: &Ipv4Facts,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+) -> [u8; IPV4_HLEN] {
     let mut h = [0u8; IPV4_HLEN];
     h[ipv4::VER_IHL] = 0x45;
     h[ipv4::TOS] = inner.tos;
@@ -26,7 +33,7 @@ pub fn build_outer_header(inner: &Ipv4Facts, src: [u8; 4], dst: [u8; 4]) -> [u8;
         .to_be_bytes();
     h[ipv4::TOT_LEN] = tot[0];
     h[ipv4::TOT_LEN + 1] = tot[1];
-    let id = inner.id.to_be_bytes();
+    let id = id.to_be_bytes();
     h[ipv4::ID] = id[0];
     h[ipv4::ID + 1] = id[1];
     let frag = (inner.frag_off & IP_DF).to_be_bytes();
@@ -46,26 +53,6 @@ pub fn build_outer_header(inner: &Ipv4Facts, src: [u8; 4], dst: [u8; 4]) -> [u8;
     h
 }
 
-/// What XDP on the NIC does with an IPv4 packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpVerdict {
-    Pass,
-    /// IPIP whose outer source is not a node of this location.
-    DropUnknownIpipSource,
-}
-
-/// XDP's rule: IPIP (protocol 4) is accepted only from a known peer
-/// (`source_is_peer` = the outer source is in `WEFT_IPIP_PEERS`; only
-/// consulted for IPIP). Everything else passes.
-#[inline(always)]
-pub fn xdp_verdict(outer: &Ipv4Facts, source_is_peer: impl FnOnce([u8; 4]) -> bool) -> XdpVerdict {
-    if outer.is_ipip() && !source_is_peer(outer.src) {
-        XdpVerdict::DropUnknownIpipSource
-    } else {
-        XdpVerdict::Pass
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +66,7 @@ mod tests {
         inner[ipv4::ID] = 0x12;
         inner[ipv4::ID + 1] = 0x34;
         let f = Ipv4Facts::parse(&inner).unwrap();
-        let h = build_outer_header(&f, [192, 168, 0, 1], [192, 168, 0, 2]);
+        let h = build_outer_header(&f, [192, 168, 0, 1], [192, 168, 0, 2], 0xbeef);
         assert_eq!(
             h,
             [
@@ -87,8 +74,8 @@ mod tests {
                 0xb9,
                 (1420u16 >> 8) as u8,
                 (1420u16 & 0xff) as u8,
-                0x12,
-                0x34,
+                0xbe,
+                0xef,
                 0x40,
                 0x00,
                 64,
@@ -117,7 +104,12 @@ mod tests {
         inner[ipv4::FRAG_OFF] = 0x20; // MF, no DF
         inner[ipv4::FRAG_OFF + 1] = 0x10; // offset
         let f = Ipv4Facts::parse(&inner).unwrap();
-        let h = build_outer_header(&f, [1, 1, 1, 1], [2, 2, 2, 2]);
+        let h = build_outer_header(&f, [1, 1, 1, 1], [2, 2, 2, 2], 7);
+        assert_eq!(
+            &h[ipv4::ID..ipv4::ID + 2],
+            &[0, 7],
+            "the given ID, not the inner one"
+        );
         assert_eq!(&h[ipv4::FRAG_OFF..ipv4::FRAG_OFF + 2], &[0, 0]);
         assert_eq!(&h[ipv4::TOT_LEN..ipv4::TOT_LEN + 2], &[0xff, 0xff]);
         assert!(ipv4_checksum_ok(&h));
@@ -137,30 +129,9 @@ mod tests {
             let f = Ipv4Facts::parse(&inner).unwrap();
             let src = [rng.next_u8(), rng.next_u8(), rng.next_u8(), rng.next_u8()];
             let dst = [rng.next_u8(), rng.next_u8(), rng.next_u8(), rng.next_u8()];
-            let h = build_outer_header(&f, src, dst);
+            let h = build_outer_header(&f, src, dst, rng.next_u16());
             assert!(ipv4_checksum_ok(&h), "{h:02x?}");
             assert_eq!(Ipv4Facts::parse(&h).unwrap().total_len, len + 20);
         }
-    }
-
-    #[test]
-    fn xdp_rule() {
-        let peer = [192, 168, 0, 2];
-        let is_peer = |ip: [u8; 4]| ip == peer;
-        let ipip_from_peer =
-            Ipv4Facts::parse(&ipv4_header(peer, [192, 168, 0, 1], 4, 64, 60)).unwrap();
-        let ipip_from_stranger =
-            Ipv4Facts::parse(&ipv4_header([6, 6, 6, 6], [192, 168, 0, 1], 4, 64, 60)).unwrap();
-        let tcp_from_stranger =
-            Ipv4Facts::parse(&ipv4_header([6, 6, 6, 6], [192, 168, 0, 1], 6, 64, 60)).unwrap();
-        assert_eq!(xdp_verdict(&ipip_from_peer, is_peer), XdpVerdict::Pass);
-        assert_eq!(
-            xdp_verdict(&ipip_from_stranger, is_peer),
-            XdpVerdict::DropUnknownIpipSource
-        );
-        assert_eq!(
-            xdp_verdict(&tcp_from_stranger, |_| panic!("only IPIP is looked up")),
-            XdpVerdict::Pass
-        );
     }
 }

@@ -6,11 +6,12 @@
 //!
 //! - [`counters`]: the per-CPU counters (`WEFT_COUNTERS`).
 //! - [`maps`]: map names, sizes, keys and values (`WEFT_ROUTES`, `WEFT_PODS`,
-//!   `WEFT_IPIP_PEERS`).
+//!   `WEFT_IPIP_SENDERS`, `WEFT_SENDER_SOURCES`, `WEFT_NIC_SOURCES`).
 //! - [`packet`]: header offsets and parsing (Ethernet, IPv4, ARP).
 //! - [`csum`]: the IPv4 header checksum, full and incremental (RFC 1624).
 //! - [`ipip`]: the outer header of IPv4-in-IPv4 encapsulation.
 //! - [`route`]: the forwarding decision of each program.
+//! - [`sources`]: who may send what into this node without WireGuard, and the MTU check.
 //! - [`nat`]: masquerade: flow keys, NAT entries, port choice, TCP state, expiry.
 //! - [`svc`]: Services: the client sockets whose replies go back through the kernel.
 //!
@@ -25,6 +26,7 @@ pub mod maps;
 pub mod nat;
 pub mod packet;
 pub mod route;
+pub mod sources;
 pub mod svc;
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! |---|---|---|---|---|
 //! | `WEFT_ROUTES` | LPM trie | `Key<[u8; 4]>` (prefix length, destination) | [`Route`] | agent (topology) |
 //! | `WEFT_PODS` | LRU hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft_pod_ingress` (learned) |
-//! | `WEFT_IPIP_PEERS` | hash | `[u8; 4]` node private IP | `u32` ([`IPIP_PEER`]) | agent |
+//! | `WEFT_IPIP_SENDERS` | hash | `[u8; 4]` node private IP (outer source) | [`IpipSender`] | agent (topology) |
+//! | `WEFT_SENDER_SOURCES` | LPM trie | `Key<[u8; 8]>` ([`sender_source_key`]: sender ++ inner source prefix) | `u32` ([`ALLOWED`]) | agent (topology) |
+//! | `WEFT_NIC_SOURCES` | LPM trie | `Key<[u8; 4]>` source prefix | `u32` NIC ifindex it may arrive on, 0 = nowhere | agent (topology) |
 //! | `WEFT_COUNTERS` | per-CPU array | `u32` ([`crate::counters::Counter`]) | [`crate::counters::CounterValue`] | programs |
 //!
 //! Masquerade's maps are in [`crate::nat`], the Services' in [`crate::svc`].
@@ -17,8 +19,12 @@
 pub const ROUTES: &str = "WEFT_ROUTES";
 /// Map name of the learned local pods.
 pub const PODS: &str = "WEFT_PODS";
-/// Map name of the IPIP peers (node private IPs of this location).
-pub const IPIP_PEERS: &str = "WEFT_IPIP_PEERS";
+/// Map name of the nodes IPIP is accepted from (node private IPs of this location).
+pub const IPIP_SENDERS: &str = "WEFT_IPIP_SENDERS";
+/// Map name of the inner sources each IPIP sender may send.
+pub const SENDER_SOURCES: &str = "WEFT_SENDER_SOURCES";
+/// Map name of the cluster sources plain IPv4 may arrive with, and where from.
+pub const NIC_SOURCES: &str = "WEFT_NIC_SOURCES";
 /// Map name of the per-CPU counters.
 pub const COUNTERS: &str = "WEFT_COUNTERS";
 
@@ -26,11 +32,39 @@ pub const COUNTERS: &str = "WEFT_COUNTERS";
 pub const ROUTES_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `WEFT_PODS` (LRU: the least recently used entries go first).
 pub const PODS_MAX_ENTRIES: u32 = 16384;
-/// Capacity of `WEFT_IPIP_PEERS`.
-pub const IPIP_PEERS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of `WEFT_IPIP_SENDERS`.
+pub const IPIP_SENDERS_MAX_ENTRIES: u32 = 4096;
+/// Capacity of `WEFT_SENDER_SOURCES` (a leader's relayed ranges, plus two per node).
+pub const SENDER_SOURCES_MAX_ENTRIES: u32 = 16384;
+/// Capacity of `WEFT_NIC_SOURCES`.
+pub const NIC_SOURCES_MAX_ENTRIES: u32 = 16384;
 
-/// The value stored for every key of `WEFT_IPIP_PEERS`.
-pub const IPIP_PEER: u32 = 1;
+/// The value stored for every key of `WEFT_SENDER_SOURCES`.
+pub const ALLOWED: u32 = 1;
+
+/// Value of `WEFT_IPIP_SENDERS` (key: the sender's private IP, the outer
+/// source): what an IPIP packet from that node must look like.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpipSender {
+    /// The NIC the route to the sender points to: IPIP from it arrives there.
+    pub ifindex: u32,
+    /// The outer destination it must carry: this node's private IP.
+    pub local: [u8; 4],
+}
+
+/// Length of a `WEFT_SENDER_SOURCES` key's data: sender IP, then source prefix.
+pub const SENDER_SOURCE_KEY_LEN: usize = 8;
+
+/// The data of a `WEFT_SENDER_SOURCES` key: `sender` then `src`. The LPM
+/// prefix length is `32 + len` for a source prefix `src/len`, so that the
+/// sender always matches exactly and the source by longest prefix.
+#[inline(always)]
+pub const fn sender_source_data(sender: [u8; 4], src: [u8; 4]) -> [u8; SENDER_SOURCE_KEY_LEN] {
+    [
+        sender[0], sender[1], sender[2], sender[3], src[0], src[1], src[2], src[3],
+    ]
+}
 
 /// What to do with a packet whose destination matches a route.
 #[repr(u32)]
@@ -150,6 +184,20 @@ unsafe impl aya::Pod for Route {}
 // SAFETY: repr(C), u32 and byte arrays only, explicit padding (12 bytes).
 unsafe impl aya::Pod for PodEndpoint {}
 
+#[cfg(feature = "user")]
+// SAFETY: repr(C), a u32 and a byte array, no implicit padding (8 bytes).
+unsafe impl aya::Pod for IpipSender {}
+
+/// The `WEFT_SENDER_SOURCES` key for inner sources `prefix/prefix_len` from `sender`.
+#[cfg(feature = "user")]
+pub fn sender_source_key(
+    sender: [u8; 4],
+    prefix: [u8; 4],
+    prefix_len: u32,
+) -> aya::maps::lpm_trie::Key<[u8; SENDER_SOURCE_KEY_LEN]> {
+    aya::maps::lpm_trie::Key::new(32 + prefix_len, sender_source_data(sender, prefix))
+}
+
 /// The `WEFT_ROUTES` key for `prefix/prefix_len` (userspace side).
 #[cfg(feature = "user")]
 pub fn route_key(prefix: [u8; 4], prefix_len: u32) -> aya::maps::lpm_trie::Key<[u8; 4]> {
@@ -167,6 +215,16 @@ mod tests {
         assert_eq!(align_of::<Route>(), 4);
         assert_eq!(size_of::<PodEndpoint>(), 12);
         assert_eq!(align_of::<PodEndpoint>(), 4);
+        assert_eq!(size_of::<IpipSender>(), 8);
+        assert_eq!(align_of::<IpipSender>(), 4);
+    }
+
+    #[test]
+    fn sender_source_data_is_sender_then_source() {
+        assert_eq!(
+            sender_source_data([192, 168, 1, 11], [10, 42, 1, 0]),
+            [192, 168, 1, 11, 10, 42, 1, 0]
+        );
     }
 
     #[test]

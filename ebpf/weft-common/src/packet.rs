@@ -20,6 +20,10 @@ pub const IPV4_MAX_HLEN: usize = 60;
 pub const IPPROTO_IPIP: u8 = 4;
 /// "Don't fragment" in the IPv4 flags/fragment-offset field.
 pub const IP_DF: u16 = 0x4000;
+/// "More fragments" in the IPv4 flags/fragment-offset field.
+pub const IP_MF: u16 = 0x2000;
+/// The fragment offset in the IPv4 flags/fragment-offset field.
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 /// Length of an Ethernet/IPv4 ARP body.
 pub const ARP_IPV4_LEN: usize = 28;
 
@@ -150,7 +154,7 @@ pub const fn is_unicast_ipv4(ip: [u8; 4]) -> bool {
 }
 
 /// The IPv4 header's fields (options are not interpreted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ipv4Facts {
     /// Header length in bytes (IHL × 4), 20..=60.
     pub header_len: u8,
@@ -208,6 +212,13 @@ impl Ipv4Facts {
     #[inline(always)]
     pub const fn is_ipip(&self) -> bool {
         self.protocol == IPPROTO_IPIP
+    }
+
+    /// A fragment (MF set or a non-zero offset): only the first holds the
+    /// payload's headers, and none holds the whole payload.
+    #[inline(always)]
+    pub const fn is_fragment(&self) -> bool {
+        self.frag_off & (IP_MF | IP_OFFSET_MASK) != 0
     }
 }
 

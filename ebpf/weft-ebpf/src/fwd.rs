@@ -9,7 +9,10 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, TC_ACT_SHOT, TC_ACT_UNSPEC,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh,
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_head},
+    helpers::{
+        bpf_check_mtu, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_change_head,
+    },
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
@@ -18,6 +21,7 @@ use weft_common::{
     ipip::{ENCAP_LEN, build_outer_header},
     packet::{ETH_HLEN, ETH_P_IP, IPV4_HLEN, Ipv4Facts, set_eth_addrs, write_eth},
     route::{Action, Decision},
+    sources::{fits_mtu, gso_segment_len},
 };
 
 use crate::maps::count;
@@ -182,11 +186,82 @@ pub fn encap_ipip(ctx: &TcContext, outer: &[u8; IPV4_HLEN]) -> Result<(), ()> {
     Ok(())
 }
 
+/// IP protocol numbers whose transport header length a GSO check needs.
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// The IPv4 length of what `ip` puts on the wire: its total length, or for
+/// a GSO packet one segment's (IPv4 + transport header + `gso_size`).
+/// `l3_off` is where the IPv4 header starts.
+#[inline(always)]
+fn wire_len(ctx: &TcContext, ip: &Ipv4Facts, l3_off: usize) -> u32 {
+    let gso = gso_size(ctx);
+    if gso == 0 {
+        return ip.total_len as u32;
+    }
+    let ihl = ip.header_len as usize & 0x3c;
+    let l4 = match ip.protocol {
+        // TCP data offset, in 32-bit words, is the high nibble of byte 12.
+        IPPROTO_TCP => match ctx.load::<u8>(l3_off + ihl + 12) {
+            Ok(b) => ((b >> 4) as u32) * 4,
+            Err(_) => 60, // cannot read it: assume the longest header
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    gso_segment_len(ihl as u32, l4, gso)
+}
+
+/// Whether forwarding `ip` as `d` would exceed the egress device's MTU
+/// (`bpf_check_mtu`, with IPIP's 20 bytes for `NodeIpip`). Only the
+/// forwarding redirects are checked (into WireGuard, out of the NIC), which
+/// skip the kernel's own check; a device the helper cannot find is not
+/// second-guessed (the redirect fails on its own).
+#[inline(always)]
+pub fn exceeds_mtu(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, l3_off: usize) -> bool {
+    let encap = match d.action {
+        Action::WireGuard | Action::Node => 0,
+        Action::NodeIpip => ENCAP_LEN as u32,
+        _ => return false,
+    };
+    let wire = wire_len(ctx, ip, l3_off);
+    // The IPv4 length as input (`mtu_len`), so the device's header length
+    // cancels out; the helper writes the device's MTU back.
+    let mut mtu_len = wire;
+    // SAFETY: the context pointer is valid; mtu_len is a live stack variable.
+    let ret = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb as *mut _,
+            d.ifindex,
+            &mut mtu_len,
+            encap as i32,
+            0,
+        )
+    };
+    if ret < 0 {
+        return false;
+    }
+    // A GSO packet always "fits" the helper (it is segmented later): its
+    // segments are held against the MTU it reported.
+    ret > 0 || !fits_mtu(wire, encap, mtu_len)
+}
+
 /// Carries out `d` on a packet that starts with Ethernet + IPv4 (`ip` are the
 /// facts of that IPv4 header). `src_mac` is the source MAC written when
-/// routing into a pod. Returns the tc verdict.
+/// routing into a pod. A forwarding redirect the egress MTU does not allow
+/// goes to the stack instead ([`exceeds_mtu`]). Returns the tc verdict.
 #[inline(always)]
 pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) -> i32 {
+    if exceeds_mtu(ctx, d, ip, ETH_HLEN) {
+        count(Counter::PassMtu, ctx.len());
+        return PASS;
+    }
+    execute_checked(ctx, d, ip, src_mac)
+}
+
+/// [`execute`] for a caller that has already checked [`exceeds_mtu`].
+#[inline(always)]
+pub fn execute_checked(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) -> i32 {
     let len = ctx.len();
     match d.action {
         Action::Pass => {
@@ -213,7 +288,9 @@ pub fn execute(ctx: &TcContext, d: &Decision, ip: &Ipv4Facts, src_mac: [u8; 6]) 
         Action::WireGuard => routed(ctx, d, len, |_| redirect(d.ifindex)),
         Action::Node => routed(ctx, d, len, |_| redirect_neigh(d.ifindex, Some(d.nexthop))),
         Action::NodeIpip => {
-            let outer = build_outer_header(ip, d.src, d.nexthop);
+            // SAFETY: helper without arguments.
+            let id = unsafe { bpf_get_prandom_u32() } as u16;
+            let outer = build_outer_header(ip, d.src, d.nexthop, id);
             routed(ctx, d, len, |ctx| {
                 if encap_ipip(ctx, &outer).is_err() {
                     count(Counter::EncapFailed, len);

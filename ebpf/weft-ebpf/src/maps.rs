@@ -9,8 +9,9 @@ use aya_ebpf::{
 use weft_common::{
     counters::{COUNTER_SLOTS, Counter, CounterValue},
     maps::{
-        IPIP_PEERS_MAX_ENTRIES, PODS_MAX_ENTRIES, PodEndpoint, ROUTES_MAX_ENTRIES, Route,
-        RouteAction,
+        IPIP_SENDERS_MAX_ENTRIES, IpipSender, NIC_SOURCES_MAX_ENTRIES, PODS_MAX_ENTRIES,
+        PodEndpoint, ROUTES_MAX_ENTRIES, Route, RouteAction, SENDER_SOURCE_KEY_LEN,
+        SENDER_SOURCES_MAX_ENTRIES, sender_source_data,
     },
     nat::{FlowKey, MASQ_PREFIXES_MAX_ENTRIES, NAT_MAX_ENTRIES, NatConfig, NatEgress, NatIngress},
     svc::{ClientEntry, ClientKey, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_CLIENTS_MAX_ENTRIES},
@@ -30,11 +31,31 @@ pub static WEFT_ROUTES: LpmTrie<[u8; 4], Route> = LpmTrie::pinned(ROUTES_MAX_ENT
 #[map]
 pub static WEFT_PODS: LruHashMap<[u8; 4], PodEndpoint> = LruHashMap::pinned(PODS_MAX_ENTRIES, 0);
 
-/// `WEFT_IPIP_PEERS`: hash, key `[u8; 4]` node private IP → `u32` (1). Written by
-/// the agent (the nodes of this location); read by `weft_xdp_ipip` (drops IPIP
-/// from anyone else) and `weft_nic_ingress` (decapsulates IPIP from them).
+/// `WEFT_IPIP_SENDERS`: hash, key `[u8; 4]` private IP of a node of this location
+/// (the outer source) → [`IpipSender`] (the NIC the route to it points to, and
+/// the outer destination it must use: this node's private IP). Written by the
+/// agent from the topology; read by `weft_xdp_ipip` and `weft_nic_ingress`
+/// (IPIP from anyone else, or not so addressed, is dropped).
 #[map]
-pub static WEFT_IPIP_PEERS: HashMap<[u8; 4], u32> = HashMap::pinned(IPIP_PEERS_MAX_ENTRIES, 0);
+pub static WEFT_IPIP_SENDERS: HashMap<[u8; 4], IpipSender> =
+    HashMap::pinned(IPIP_SENDERS_MAX_ENTRIES, 0);
+
+/// `WEFT_SENDER_SOURCES`: LPM trie, key `Key<[u8; 8]>` (prefix length 32 + source
+/// prefix length; sender private IP, then the inner source prefix) → `u32` (1).
+/// Written by the agent from the topology (what each node of this location may
+/// send: its pod CIDR and node IP, for the leader what it relays); read by
+/// `weft_xdp_ipip` and `weft_nic_ingress` (the inner source of IPIP).
+#[map]
+pub static WEFT_SENDER_SOURCES: LpmTrie<[u8; SENDER_SOURCE_KEY_LEN], u32> =
+    LpmTrie::pinned(SENDER_SOURCES_MAX_ENTRIES, 0);
+
+/// `WEFT_NIC_SOURCES`: LPM trie, key `Key<[u8; 4]>` source prefix → `u32` ifindex
+/// of the NIC plain IPv4 from that cluster range may arrive on (0: none). Written
+/// by the agent from the topology (every cluster range; see
+/// `weft_common::sources`); read by `weft_nic_ingress` and `weft_uplink_ingress`
+/// before forwarding plain IPv4.
+#[map]
+pub static WEFT_NIC_SOURCES: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(NIC_SOURCES_MAX_ENTRIES, 0);
 
 /// `WEFT_COUNTERS`: per-CPU array, key `u32` ([`Counter`] index) → [`CounterValue`].
 /// Written by every program; read by the agent (`/metrics`) and `weftctl bpf counters`.
@@ -141,10 +162,31 @@ pub fn learn_pod(ip: [u8; 4], seen: PodEndpoint) -> bool {
     WEFT_PODS.insert(ip, seen, 0).is_ok()
 }
 
-/// Whether `ip` is a node of this location (IPIP accepted from it).
+/// The `WEFT_IPIP_SENDERS` entry of `ip`, copied out; `ifindex` 0 if none.
 #[inline(always)]
-pub fn is_ipip_peer(ip: [u8; 4]) -> bool {
-    WEFT_IPIP_PEERS.get_ptr(ip).is_some()
+pub fn lookup_ipip_sender(ip: [u8; 4]) -> IpipSender {
+    match WEFT_IPIP_SENDERS.get_ptr(ip) {
+        // SAFETY: the pointer comes from a successful lookup and is read once (plain data).
+        Some(p) => unsafe { p.read() },
+        None => IpipSender::default(),
+    }
+}
+
+/// Whether `sender` may send IPIP with inner source `src`.
+#[inline(always)]
+pub fn sender_may_send(sender: [u8; 4], src: [u8; 4]) -> bool {
+    WEFT_SENDER_SOURCES
+        .get(Key::new(64, sender_source_data(sender, src)))
+        .is_some()
+}
+
+/// The `WEFT_NIC_SOURCES` value for source `src`, `NOT_CLUSTER` on a miss.
+#[inline(always)]
+pub fn nic_source_rule(src: [u8; 4]) -> u32 {
+    match WEFT_NIC_SOURCES.get(Key::new(32, src)) {
+        Some(v) => *v,
+        None => weft_common::sources::NOT_CLUSTER,
+    }
 }
 
 /// Whether `ip` is in an LPM trie of prefixes.

@@ -18,7 +18,9 @@
 //!   leads to it, which is where the outer destination is reached too.
 //! - Anything else: [`PASS`].
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT, helpers::bpf_get_prandom_u32, macros::classifier, programs::TcContext,
+};
 use aya_log_ebpf::debug;
 use weft_common::{
     counters::Counter,
@@ -56,7 +58,9 @@ pub fn weft_nic_egress(ctx: TcContext) -> i32 {
     if r.kind() != Some(RouteAction::NodeIpip) || r.ifindex != egress {
         return PASS;
     }
-    let outer = build_outer_header(&ip, r.src, r.nexthop);
+    // SAFETY: helper without arguments.
+    let id = unsafe { bpf_get_prandom_u32() } as u16;
+    let outer = build_outer_header(&ip, r.src, r.nexthop, id);
     if encap_ipip(&ctx, &outer).is_err() {
         // Sent bare it would reach no pod behind a router, or bypass the
         // location's encapsulation policy: dropped, counted.

@@ -5,6 +5,10 @@
 //!   back ([`crate::nat::reverse`]) and routed to the pod or external peer
 //!   with [`weft_common::route::decide`] as on the NIC (no Service check:
 //!   what is translated back here is a flow of Weft's own masquerade).
+//! - A packet for the cluster (a destination in `WEFT_ROUTES`) whose source
+//!   is a cluster range that may not arrive here (no cluster source arrives
+//!   on an uplink, see [`weft_common::sources`]): dropped, so that the
+//!   kernel does not forward a forged packet into a pod.
 //! - Anything else: [`PASS`](crate::fwd::PASS) (`TC_ACT_UNSPEC`), untouched: this device is not ours,
 //!   other programs on the hook and the stack see it as if we were not here.
 //!   No other traffic is routed from here, so nothing from outside reaches
@@ -15,11 +19,12 @@ use weft_common::{
     counters::Counter,
     packet::{ETH_P_IP, EthFacts, Ipv4Facts},
     route::{Hook, PacketFacts, decide},
+    sources::plain_source_allowed,
 };
 
 use crate::{
     fwd::{EthIpv4, PACKET_HOST, PASS, execute, ingress_ifindex, pkt_type, tc_ptr},
-    maps::{count, lookup_pod, lookup_route},
+    maps::{count, lookup_pod, lookup_route, nic_source_rule},
     nat,
 };
 
@@ -46,6 +51,13 @@ pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
     let ip = match nat::reverse(&ctx, &ip) {
         Ok(Some(translated)) => translated,
         Ok(None) => {
+            // The source first: almost everything here has an external one.
+            if !plain_source_allowed(nic_source_rule(ip.src), ingress_ifindex(&ctx))
+                && (lookup_route(ip.dst).kind().is_some() || lookup_pod(ip.dst).ifindex != 0)
+            {
+                count(Counter::DropPlainSource, len);
+                return TC_ACT_SHOT;
+            }
             count(Counter::PassNotOurs, len);
             return PASS;
         }

@@ -6,7 +6,8 @@
 //!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
 //!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
 //!   pod → `bpf_redirect_peer`, Local → the bridge, Node/NodeIpip → out of the
-//!   NIC, WireGuard and no route → the stack, except what an external peer
+//!   NIC (to the stack if it does not fit the NIC's MTU), WireGuard and no
+//!   route → the stack, except what an external peer
 //!   sends out of the cluster: masqueraded by [`crate::nat`] (Ethernet header
 //!   pushed once the translation is certain).
 //! - Into a local pod but a reply to its Service connection: to the stack,
@@ -21,7 +22,7 @@ use weft_common::{
 };
 
 use crate::{
-    fwd::{PASS, PSEUDO_MAC, execute, ingress_ifindex, push_eth, tc_ptr},
+    fwd::{PASS, PSEUDO_MAC, exceeds_mtu, execute_checked, ingress_ifindex, push_eth, tc_ptr},
     maps::{count, lookup_pod, lookup_route},
     nat::{self, Outcome},
     svc,
@@ -78,6 +79,12 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
         count(Counter::ServiceReplyToStack, len);
         return PASS;
     }
+    // Checked before the Ethernet header is pushed: the stack must get the
+    // packet as the device delivered it.
+    if exceeds_mtu(&ctx, &d, &ip, 0) {
+        count(Counter::PassMtu, len);
+        return PASS;
+    }
     if push_eth(&ctx).is_err() {
         count(Counter::HeaderPushFailed, len);
         debug!(
@@ -86,5 +93,5 @@ pub fn weft_wg_ingress(ctx: TcContext) -> i32 {
         );
         return TC_ACT_SHOT;
     }
-    execute(&ctx, &d, &ip, PSEUDO_MAC)
+    execute_checked(&ctx, &d, &ip, PSEUDO_MAC)
 }
