@@ -252,6 +252,16 @@ struct Agent<B: Backend> {
     fib_ifindex: u32,
 }
 
+/// This node's devices as one reconcile found them.
+struct LocalLinks {
+    /// The interface holding the private IP.
+    nic: Option<String>,
+    private: Option<IpNet>,
+    wg_ifindex: u32,
+    /// Next hops towards this location's nodes behind a router.
+    hops: BTreeMap<IpAddr, IpAddr>,
+}
+
 /// The metric of an exit peer's `/0` kernel route: after any default route
 /// the node has (metric 0 unless set), so it only takes over without one.
 const EXIT_PEER_METRIC: u32 = 0x7fff_0000;
@@ -736,7 +746,9 @@ impl<B: Backend> Agent<B> {
             .context("computing this node's topology")?;
 
         let own_node = nodes.iter().find(|n| n.name == self.hostname).cloned();
-        self.apply(&topo, own_node.as_ref()).await?;
+        // A reconciler that failed leaves the others applied: health,
+        // metrics and the log of what changed are kept up all the same.
+        let applied = self.apply(&topo, own_node.as_ref()).await;
         self.update_health(&topo, now).await;
         self.update_metrics(&mesh, &topo, &nodes, ready_now, &demoted);
         if let Some(last) = &self.last {
@@ -758,7 +770,7 @@ impl<B: Backend> Agent<B> {
             info!(leader = topo.leader, segment = %topo.segment, peers = topo.peers.len(), routes = topo.routes.len(), "topology computed");
         }
         self.last = Some(topo);
-        Ok(())
+        applied
     }
 
     /// Publishes this node's agent annotations if they changed (or, on a
@@ -874,9 +886,58 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// Applies `topo` to this node, one reconciler after the other. Each
+    /// has its own error policy: one that fails (a route someone else
+    /// holds, a full map, a device gone) is logged, counted in
+    /// `weft_errors_total{kind}` and retried at the next reconcile, and the
+    /// others are applied all the same; the call fails if any did. Only
+    /// what the later ones cannot do without (this node's NIC and the
+    /// WireGuard device's index) skips those that need it.
     async fn apply(&mut self, topo: &Topology, own: Option<&Node>) -> Result<()> {
+        let state = self.state.clone();
+        let mut failed: Vec<String> = Vec::new();
+        let mut settle = |kind: &'static str, r: Result<()>| {
+            if let Err(e) = r {
+                state.metrics.error(kind);
+                failed.push(format!("{kind}: {e:#}"));
+            }
+        };
+        let mtu = match self.apply_wireguard(topo).await {
+            Ok(mtu) => Some(mtu),
+            Err(e) => {
+                settle("wireguard", Err(e));
+                None
+            }
+        };
+        match self.local_links(topo, own).await {
+            Ok(links) => {
+                settle("routes", self.apply_routes(topo, &links).await);
+                settle("datapath", self.apply_maps(topo, &links));
+                settle("datapath", self.apply_masquerade(topo));
+                settle("datapath", self.apply_hooks(topo, &links));
+            }
+            Err(e) => settle("datapath", Err(e)),
+        }
+        if self.cfg.cni {
+            let r = match mtu {
+                Some(mtu) => self.apply_cni(topo, mtu),
+                None => Err(anyhow::anyhow!(
+                    "not written: the WireGuard MTU is unknown (see the WireGuard error)"
+                )),
+            };
+            settle("cni", r);
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", failed.join("; "))
+        }
+    }
+
+    /// WireGuard: the device always exists; leaders carry the address and
+    /// peers. Returns the device's MTU.
+    async fn apply_wireguard(&mut self, topo: &Topology) -> Result<u32> {
         let m = &self.state.metrics;
-        // WireGuard: the device always exists; leaders carry the address and peers.
         self.wg
             .set_interface(self.keys.private_key(), topo.interface.listen_port)
             .await?;
@@ -900,6 +961,12 @@ impl<B: Backend> Agent<B> {
             );
         }
 
+        Ok(mtu)
+    }
+
+    /// What the reconcilers after WireGuard's need to know of this node's
+    /// devices.
+    async fn local_links(&mut self, topo: &Topology, own: Option<&Node>) -> Result<LocalLinks> {
         // The NIC: the interface holding the private IP.
         let private = own.and_then(|n| n.internal_ip);
         let nic = match private {
@@ -916,13 +983,26 @@ impl<B: Backend> Agent<B> {
             self.wg_ifindex = wg_ifindex;
         }
 
+        let hops = self.node_next_hops(topo, nic.as_deref()).await?;
+        Ok(LocalLinks {
+            nic,
+            private,
+            wg_ifindex,
+            hops,
+        })
+    }
+
+    /// Kernel routes, by difference; a route that cannot be installed is
+    /// reported and the others are installed all the same.
+    async fn apply_routes(&mut self, topo: &Topology, links: &LocalLinks) -> Result<()> {
+        let m = &self.state.metrics;
+        let (nic, hops) = (&links.nic, &links.hops);
         // Kernel routes: for traffic the host itself originates, and for pod
         // traffic the datapath hands to the stack because it does not fit the
         // IPIP path: the route's MTU leaves room for the outer header, so the
         // stack fragments such packets, or answers DF ones with
         // "fragmentation needed", instead of sending them over-size.
         let nic_ref = nic.clone().map(LinkRef::Name);
-        let hops = self.node_next_hops(topo, nic.as_deref()).await?;
         let ipip_mtu = nic
             .as_deref()
             .and_then(crate::detect::link_mtu)
@@ -980,7 +1060,23 @@ impl<B: Backend> Agent<B> {
             );
         }
 
-        // eBPF: maps by difference, then attachments.
+        if !rs.failed.is_empty() {
+            let why: Vec<String> = rs.failed.iter().map(ToString::to_string).collect();
+            bail!(
+                "{} of {} routes not applied: {}",
+                why.len(),
+                desired.len(),
+                why.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The datapath's maps, by difference.
+    fn apply_maps(&mut self, topo: &Topology, links: &LocalLinks) -> Result<()> {
+        let m = &self.state.metrics;
+        let (nic, private, wg_ifindex, hops) =
+            (&links.nic, links.private, links.wg_ifindex, &links.hops);
         let bridge_ifindex = ifindex(&self.cfg.pod_bridge);
         let nic_ifindex = nic.as_deref().and_then(ifindex);
         let my_private = private.and_then(|p| match p.addr() {
@@ -1071,7 +1167,12 @@ impl<B: Backend> Agent<B> {
         if w.total() + w2.total() > 0 {
             info!(routes = ?w, sources = ?w2, "eBPF maps updated");
         }
-        self.apply_masquerade(topo)?;
+        Ok(())
+    }
+
+    /// The programs on their devices (pod veths, NIC, uplinks, WireGuard).
+    fn apply_hooks(&mut self, topo: &Topology, links: &LocalLinks) -> Result<()> {
+        let nic = links.nic.clone();
         let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
         self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
         let nics: Vec<String> = nic.into_iter().collect();
@@ -1122,17 +1223,20 @@ impl<B: Backend> Agent<B> {
         self.datapath
             .reconcile_hook(Hook::WgIngress, std::slice::from_ref(&self.cfg.interface))?;
 
-        if self.cfg.cni {
-            // Pods leave room for IPIP when the location may encapsulate.
-            let pod_mtu = if topo.encapsulate == Encapsulate::Never {
-                mtu
-            } else {
-                mtu - 20
-            };
-            let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, pod_mtu);
-            if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
-                info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
-            }
+        Ok(())
+    }
+
+    /// The CNI configuration, for pods' MTU `mtu` less what encapsulation needs.
+    fn apply_cni(&self, topo: &Topology, mtu: u32) -> Result<()> {
+        // Pods leave room for IPIP when the location may encapsulate.
+        let pod_mtu = if topo.encapsulate == Encapsulate::Never {
+            mtu
+        } else {
+            mtu - 20
+        };
+        let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, pod_mtu);
+        if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
+            info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
         }
         Ok(())
     }

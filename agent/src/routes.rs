@@ -106,12 +106,15 @@ impl RouteDiff {
 }
 
 /// What [`Routes::reconcile`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct RouteSummary {
     pub added: usize,
     pub replaced: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// Routes that could not be resolved, added, replaced or removed, with
+    /// why; every other route was still reconciled.
+    pub failed: Vec<RouteError>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -422,20 +425,41 @@ impl Routes {
 
     /// Makes Weft's routes in the table exactly `desired`: adds what is
     /// missing, replaces what differs, deletes what is no longer desired;
-    /// an unchanged route is not touched.
+    /// an unchanged route is not touched. One route that fails (someone
+    /// else's route in its place, a device gone) is listed in
+    /// [`RouteSummary::failed`] and the others are reconciled all the same;
+    /// a desired route that cannot be resolved keeps what is installed for
+    /// its destination. Only listing the table or a duplicate in `desired`
+    /// fails the whole call.
     pub async fn reconcile(&self, desired: &[DesiredRoute]) -> Result<RouteSummary, RouteError> {
+        let mut failed = Vec::new();
         let mut want = Vec::with_capacity(desired.len());
+        let mut unresolved = Vec::new();
         for d in desired {
-            want.push(self.resolve(d).await?);
+            match self.resolve(d).await {
+                Ok(spec) => want.push(spec),
+                Err(e) => {
+                    unresolved.push(d.dst);
+                    failed.push(e);
+                }
+            }
         }
         let all = self.dump().await?;
         let ours: Vec<&RouteMessage> = all
             .iter()
             .filter(|m| self.ours(m) && table_of(m) == self.table)
             .collect();
-        let current: Vec<RouteSpec> = ours.iter().filter_map(|m| spec_of(m)).collect();
+        let current: Vec<RouteSpec> = ours
+            .iter()
+            .filter_map(|m| spec_of(m))
+            .filter(|s| !unresolved.contains(&s.dst))
+            .collect();
         let diff = diff_routes(&current, &want)?;
 
+        let mut done = RouteSummary {
+            unchanged: diff.unchanged,
+            ..RouteSummary::default()
+        };
         for old in &diff.remove {
             let msg = ours
                 .iter()
@@ -443,22 +467,43 @@ impl Routes {
                 .expect("removed routes come from the dump");
             match self.handle.route().del((*msg).clone()).execute().await {
                 Err(e) if errno(&e) == Some(libc::ESRCH) => {}
-                r => r.map_err(nl(format!("deleting route {}", old.dst)))?,
+                Err(e) => {
+                    failed.push(nl(format!("deleting route {}", old.dst))(e));
+                    continue;
+                }
+                Ok(()) => {}
             }
+            done.removed += 1;
             tracing::info!(dst = %old.dst, oif = old.oif, gateway = ?old.gateway, "removed route");
         }
         for (old, new) in &diff.replace {
-            self.handle
-                .route()
-                .add(self.message(new)?)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(format!("replacing route {}", new.dst)))?;
+            let r = match self.message(new) {
+                Ok(msg) => self
+                    .handle
+                    .route()
+                    .add(msg)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(format!("replacing route {}", new.dst))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                failed.push(e);
+                continue;
+            }
+            done.replaced += 1;
             tracing::info!(dst = %new.dst, old = ?old, new = ?new, "replaced route");
         }
         for new in &diff.add {
-            match self.handle.route().add(self.message(new)?).execute().await {
+            let msg = match self.message(new) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            };
+            match self.handle.route().add(msg).execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {
                     // Someone else's route holds the same place.
@@ -471,22 +516,23 @@ impl Routes {
                         })
                         .map(|m| u8::from(m.header.protocol))
                         .unwrap_or(0);
-                    return Err(RouteError::Conflict {
+                    failed.push(RouteError::Conflict {
                         dst: new.dst,
                         table: self.table,
                         protocol: owner,
                     });
+                    continue;
                 }
-                Err(e) => return Err(nl(format!("adding route {}", new.dst))(e)),
+                Err(e) => {
+                    failed.push(nl(format!("adding route {}", new.dst))(e));
+                    continue;
+                }
             }
+            done.added += 1;
             tracing::info!(dst = %new.dst, oif = new.oif, gateway = ?new.gateway, "added route");
         }
-        Ok(RouteSummary {
-            added: diff.add.len(),
-            replaced: diff.replace.len(),
-            removed: diff.remove.len(),
-            unchanged: diff.unchanged,
-        })
+        done.failed = failed;
+        Ok(done)
     }
 
     /// Removes every route with Weft's protocol, in every table. Returns

@@ -381,13 +381,7 @@ fn tunnel_works_and_reapplying_the_same_config_touches_nothing() {
                 }])
                 .await
                 .unwrap();
-            assert_eq!(
-                s,
-                RouteSummary {
-                    added: 1,
-                    ..Default::default()
-                }
-            );
+            assert_eq!(counts(&s), (1, 0, 0, 0), "{s:?}");
             r
         })
     };
@@ -808,13 +802,7 @@ fn routes_reconcile_by_difference_and_clean_up_removes_only_ours() {
     };
 
     let s = reconcile(vec![r1.clone(), r2.clone(), r3.clone(), r4.clone()]);
-    assert_eq!(
-        s,
-        RouteSummary {
-            added: 4,
-            ..Default::default()
-        }
-    );
+    assert_eq!(counts(&s), (4, 0, 0, 0), "{s:?}");
     let listed = in_ns(&ns, &["ip", "route", "show", "proto", "87"]);
     assert!(
         listed.contains("10.220.1.0/24 dev d0 scope link"),
@@ -835,13 +823,7 @@ fn routes_reconcile_by_difference_and_clean_up_removes_only_ours() {
     let (s, events) = monitor_routes(&ns, || {
         reconcile(vec![r1.clone(), r2.clone(), r3.clone(), r4.clone()])
     });
-    assert_eq!(
-        s,
-        RouteSummary {
-            unchanged: 4,
-            ..Default::default()
-        }
-    );
+    assert_eq!(counts(&s), (0, 0, 0, 4), "{s:?}");
     assert!(
         events.is_empty(),
         "an unchanged reconcile touched routes: {events:?}"
@@ -857,15 +839,7 @@ fn routes_reconcile_by_difference_and_clean_up_removes_only_ours() {
     let r5 = route("10.220.5.0/24", RouteVia::Device(d0()));
     let now = vec![r2b, r3, r4, r5];
     let (s, events) = monitor_routes(&ns, || reconcile(now.clone()));
-    assert_eq!(
-        s,
-        RouteSummary {
-            added: 1,
-            replaced: 1,
-            removed: 1,
-            unchanged: 2
-        }
-    );
+    assert_eq!(counts(&s), (1, 1, 1, 2), "{s:?}");
     for e in &events {
         assert!(
             ["10.220.1.0/24", "10.220.2.0/24", "10.220.5.0/24"]
@@ -887,18 +861,33 @@ fn routes_reconcile_by_difference_and_clean_up_removes_only_ours() {
         "{listed}"
     );
 
-    // A route of someone else in the way is reported, not overwritten.
+    // A route of someone else in the way is reported, not overwritten, and
+    // the other routes are reconciled all the same.
     let mut with_clash = now.clone();
     with_clash.push(route("10.220.9.0/24", RouteVia::Device(d0())));
-    let err = on(&rt, {
-        let routes = routes.clone();
-        async move { routes.reconcile(&with_clash).await }
-    })
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("another owner (protocol 4)"),
-        "{err}"
+    let r6 = route("10.220.6.0/24", RouteVia::Device(d0()));
+    with_clash.push(r6.clone());
+    let s = reconcile(with_clash);
+    assert_eq!(
+        (s.added, s.replaced, s.removed, s.unchanged),
+        (1, 0, 0, 4),
+        "{s:?}"
     );
+    assert_eq!(s.failed.len(), 1, "{s:?}");
+    assert!(
+        s.failed[0]
+            .to_string()
+            .contains("another owner (protocol 4)"),
+        "{}",
+        s.failed[0]
+    );
+    let listed = in_ns(&ns, &["ip", "route", "show", "proto", "87"]);
+    assert!(
+        listed.contains("10.220.6.0/24"),
+        "the later route: {listed}"
+    );
+    let mut now = now;
+    now.push(r6);
 
     let n = on(&rt, {
         let routes = routes.clone();
@@ -931,4 +920,10 @@ fn routes_reconcile_by_difference_and_clean_up_removes_only_ours() {
         ""
     );
     assert!(in_ns(&ns, &["ip", "route", "show", "proto", "static"]).contains("10.220.9.0/24"));
+}
+
+/// (added, replaced, removed, unchanged), failing on any failed route.
+fn counts(s: &RouteSummary) -> (usize, usize, usize, usize) {
+    assert!(s.failed.is_empty(), "failed routes: {:?}", s.failed);
+    (s.added, s.replaced, s.removed, s.unchanged)
 }

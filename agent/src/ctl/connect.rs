@@ -638,6 +638,9 @@ impl<B: Backend> Connector<B> {
             })
             .collect();
         let rs = self.routes.reconcile(&desired).await?;
+        for e in &rs.failed {
+            warn!("{e}");
+        }
         self.reported = seen;
 
         let summary = describe(mesh, &plan.peers);
