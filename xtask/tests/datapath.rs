@@ -105,25 +105,27 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
             (links_pinned(node).len() == 6).then_some(())
         },
     );
-    assert_eq!(
-        links_pinned(node),
-        [
-            "nic_ingress@eth0",
-            "nic_xdp@eth0",
-            "pod_ingress@vp0",
-            "pod_ingress@vp1",
-            // eth1, the public interface: masqueraded flows' replies.
-            "uplink_ingress@eth1",
-            "wg_ingress@weft0"
-        ]
-    );
+    // The pods' veths, named by the bridge plugin.
+    let mut want: Vec<String> = ["nic_ingress@eth0", "nic_xdp@eth0"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            node.pods
+                .iter()
+                .map(|p| format!("pod_ingress@{}", p.host_veth)),
+        )
+        // eth1, the public interface: masqueraded flows' replies.
+        .chain(["uplink_ingress@eth1".into(), "wg_ingress@weft0".into()])
+        .collect();
+    want.sort();
+    assert_eq!(links_pinned(node), want);
 
     let before = counter(node, Counter::PodIngressSeen);
     let (p0, p1) = (&node.pods[0], &node.pods[1]);
     p0.ping(p1.ip, 10).unwrap();
     p0.ping(node.gateway, 5).unwrap();
     let after = counter(node, Counter::PodIngressSeen);
-    // 10 requests enter vp0, 10 replies enter vp1, 5 requests to the gateway enter vp0.
+    // 10 requests enter pod 0's veth, 10 replies pod 1's, 5 requests to the gateway pod 0's.
     assert!(
         after - before >= 25,
         "pod_ingress_seen grew by {} (from {before} to {after})",
@@ -258,10 +260,11 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
                 .then_some(())
         },
     );
+    let vp0 = node.pods[0].host_veth.as_str();
     assert!(
-        filters("vp0").contains("weft_pod_ingress"),
+        filters(vp0).contains("weft_pod_ingress"),
         "{}",
-        filters("vp0")
+        filters(vp0)
     );
     assert!(
         filters("eth0").contains("weft_nic_ingress"),
@@ -269,7 +272,11 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
         filters("eth0")
     );
     // No TCX link: the markers are directories, not pinned links.
-    assert!(node.bpffs_dir.join("weft/links/pod_ingress@vp0").is_dir());
+    assert!(
+        node.bpffs_dir
+            .join(format!("weft/links/pod_ingress@{vp0}"))
+            .is_dir()
+    );
 
     mesh.kill("n1").unwrap();
     let before = counter(node, Counter::PodIngressSeen);
@@ -294,10 +301,10 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
     );
     // One filter per hook, not two, and the maps kept their counts.
     assert_eq!(
-        filters("vp0").matches("weft_pod_ingress").count(),
+        filters(vp0).matches("weft_pod_ingress").count(),
         1,
         "{}",
-        filters("vp0")
+        filters(vp0)
     );
     node.pods[1].ping(node.pods[0].ip, 5).unwrap();
     assert!(counter(node, Counter::PodIngressSeen) >= after + 10);
@@ -307,7 +314,7 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
         !node.bpffs_dir.join("weft").exists(),
         "pins or markers left"
     );
-    for dev in ["vp0", "vp1", "eth0"] {
+    for dev in [vp0, node.pods[1].host_veth.as_str(), "eth0"] {
         assert!(!filters(dev).contains("weft_"), "{dev}: {}", filters(dev));
     }
 }

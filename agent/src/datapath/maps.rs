@@ -7,7 +7,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
-use weft_common::maps::{IPIP_PEER, Route};
+use weft_common::maps::{IPIP_PEER, PodEndpoint, Route};
 
 /// What one map sync changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,6 +137,39 @@ pub fn sync_ipip_peers(map: &mut Map, desired: &[std::net::Ipv4Addr]) -> Result<
         hash.remove(&k)
             .with_context(|| format!("removing IPIP peer {}", std::net::Ipv4Addr::from(k)))?;
         w.removed += 1;
+    }
+    Ok(w)
+}
+
+/// Makes `WEFT_PODS` hold exactly `desired` (the pods' addresses from their
+/// CNI records). Entries the plugin wrote meanwhile are in `desired` too
+/// once their record is read; the next sync settles any race.
+pub fn sync_pods(map: &mut Map, desired: &BTreeMap<[u8; 4], PodEndpoint>) -> Result<Writes> {
+    let mut hash: HashMap<&mut MapData, [u8; 4], PodEndpoint> = HashMap::try_from(map)?;
+    let mut current = BTreeMap::new();
+    for item in hash.iter() {
+        let (k, v) = item.context("reading WEFT_PODS")?;
+        current.insert(k, v);
+    }
+    let (upserts, removals) = diff(&current, desired);
+    let mut w = Writes::default();
+    for (k, v, existed) in upserts {
+        hash.insert(k, v, 0)
+            .with_context(|| format!("writing pod {} (map full?)", std::net::Ipv4Addr::from(k)))?;
+        if existed {
+            w.updated += 1
+        } else {
+            w.inserted += 1
+        }
+    }
+    for k in removals {
+        match hash.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => w.removed += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing pod {}", std::net::Ipv4Addr::from(k)));
+            }
+        }
     }
     Ok(w)
 }

@@ -7,13 +7,13 @@
 //! | map | type | key | value | written by |
 //! |---|---|---|---|---|
 //! | `WEFT_ROUTES` | LPM trie | `Key<[u8; 4]>` (prefix length, destination) | [`Route`] | agent (topology) |
-//! | `WEFT_PODS` | LRU hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft_pod_ingress` (learned) |
+//! | `WEFT_PODS` | hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft-cni` (CNI ADD/DEL) and agent (from the pod records) |
 //! | `WEFT_IPIP_PEERS` | hash | `[u8; 4]` node private IP | `u32` ([`IPIP_PEER`]) | agent |
 //! | `WEFT_COUNTERS` | per-CPU array | `u32` ([`crate::counters::Counter`]) | [`crate::counters::CounterValue`] | programs |
 
 /// Map name of the route LPM trie.
 pub const ROUTES: &str = "WEFT_ROUTES";
-/// Map name of the learned local pods.
+/// Map name of the local pods (IP → host veth, MAC), as the CNI assigned them.
 pub const PODS: &str = "WEFT_PODS";
 /// Map name of the IPIP peers (node private IPs of this location).
 pub const IPIP_PEERS: &str = "WEFT_IPIP_PEERS";
@@ -22,7 +22,7 @@ pub const COUNTERS: &str = "WEFT_COUNTERS";
 
 /// Capacity of `WEFT_ROUTES`.
 pub const ROUTES_MAX_ENTRIES: u32 = 16384;
-/// Capacity of `WEFT_PODS` (LRU: the least recently used entries go first).
+/// Capacity of `WEFT_PODS` (a plain hash: a full map refuses new pods, it never evicts one).
 pub const PODS_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `WEFT_IPIP_PEERS`.
 pub const IPIP_PEERS_MAX_ENTRIES: u32 = 4096;
@@ -119,7 +119,8 @@ impl Route {
     }
 }
 
-/// Value of `WEFT_PODS` (key: the pod's IPv4 address): where a local pod lives.
+/// Value of `WEFT_PODS` (key: the pod's IPv4 address): where a local pod lives,
+/// and what it alone may send from (its veth and MAC).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodEndpoint {

@@ -6,7 +6,7 @@
 //!   rule of `weft_xdp_ipip`, which drops it earlier where attached).
 //! - A reply to a masqueraded flow (or an ICMP error about one) is
 //!   translated back first ([`crate::nat::reverse`]), then routed as below.
-//! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (learned pod →
+//! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (known pod →
 //!   `bpf_redirect_peer`, Local → the bridge, WireGuard → the WireGuard
 //!   device, node routes and the rest → the stack).
 

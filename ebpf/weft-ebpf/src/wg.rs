@@ -4,7 +4,7 @@
 //! - Not IPv4: [`PASS`](crate::fwd::PASS).
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::WireGuard`]. Anything
 //!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
-//!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
+//!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then known
 //!   pod → `bpf_redirect_peer`, Local → the bridge, Node/NodeIpip → out of the
 //!   NIC, WireGuard and no route → the stack, except what an external peer
 //!   sends out of the cluster: masqueraded by [`crate::nat`] (Ethernet header
