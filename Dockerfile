@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The Weft image: the `weft` agent, `weftctl` and (once it exists) `weft-cni`,
+# The Weft image: the `weft` agent, `weftctl` and the `weft-cni` plugin,
 # on Debian 12 with wireguard-go for nodes without the WireGuard module.
 #
 #   docker build -t weft:0.1.0 .
@@ -27,10 +27,7 @@ COPY . .
 RUN cargo xtask build-ebpf \
     && cargo build --release --locked -p weft --bins \
     && mkdir -p /out \
-    && for bin in weft weftctl weft-cni; do \
-        if [ -x "target/release/$bin" ]; then cp "target/release/$bin" /out/; fi; \
-    done \
-    && test -x /out/weft && test -x /out/weftctl
+    && for bin in weft weftctl weft-cni; do cp "target/release/$bin" /out/; done
 
 # ---- runtime ----
 FROM debian:bookworm-slim

@@ -163,6 +163,28 @@ pub enum Command {
     /// eBPF programs, links and pins, the CNI configuration), as an uninstall does. Safe to run
     /// when some or all of it is already gone.
     CleanUp(CleanUpArgs),
+    /// Print the CNI configuration the agent writes with `--cni` for this node (what a node
+    /// image or a test bed can install before the agent first runs).
+    CniConfig(CniConfigArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CniConfigArgs {
+    /// The node's pod CIDR.
+    #[arg(long)]
+    pub pod_cidr: IpNet,
+    /// The pods' MTU.
+    #[arg(long, default_value_t = 1420)]
+    pub mtu: u32,
+    /// The agent's --pod-bridge.
+    #[arg(long, default_value = "kube-bridge")]
+    pub pod_bridge: String,
+    /// The agent's --bpf-pin-dir.
+    #[arg(long, default_value = crate::datapath::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// The agent's --state-dir (the pod records go to its `pods/`).
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -229,6 +251,10 @@ struct Health {
 /// Everything the agent holds between reconciles.
 struct Agent<B: Backend> {
     cfg: Config,
+    /// The CNI records of this node's pods (`<state-dir>/pods`).
+    pods: cni::pods::PodStore,
+    /// Keeps the inotify watch on `pods` alive.
+    _pod_watcher: notify::RecommendedWatcher,
     hostname: String,
     backend: B,
     keys: KeyPair,
@@ -325,8 +351,17 @@ impl Outage {
 
 /// Runs the agent (or its `clean-up` command) until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
-    if let Some(Command::CleanUp(args)) = &cfg.command {
-        return clean_up(args, cfg.wireguard).await;
+    match &cfg.command {
+        Some(Command::CleanUp(args)) => return clean_up(args, cfg.wireguard).await,
+        Some(Command::CniConfig(a)) => {
+            let paths = cni::PluginPaths::for_agent(&a.bpf_pin_dir, &a.state_dir);
+            print!(
+                "{}",
+                cni::conflist(&a.pod_cidr.trunc(), &a.pod_bridge, a.mtu, &paths)
+            );
+            return Ok(());
+        }
+        None => {}
     }
     match cfg.backend {
         BackendKind::Dir => {
@@ -370,6 +405,8 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
     };
     let debug = cfg.log_level.contains("debug") || cfg.log_level.contains("trace");
     let datapath = Datapath::load(&cfg.bpf_pin_dir, debug, tc_mode)?;
+    let pods = cni::pods::PodStore::new(cni::pods::state_dir(&cfg.state_dir));
+    let (pod_watcher, mut pod_events) = watch_pods(&pods)?;
     let routes = Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT)
         .context("netlink socket")?;
 
@@ -392,7 +429,15 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
         outage: Outage::default(),
         nat_timeouts: weft_common::nat::Timeouts::default(),
         fib_ifindex: 0,
+        pods,
+        _pod_watcher: pod_watcher,
     };
+    // Pods recorded before this agent (or its map) existed get their
+    // entries and programs now, before any topology is known.
+    if let Err(e) = agent.sync_pod_side() {
+        agent.state.metrics.error("datapath");
+        warn!("pod identities: {e:#}");
+    }
     let mut restarts = agent.wg.restarts();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -420,6 +465,16 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
                     full |= agent.note_event(&ev);
                 }
                 full
+            }
+            Some(()) = pod_events.recv() => {
+                // A CNI ADD or DEL: new veths get their program now, not at the next resync.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(()) = pod_events.try_recv() {}
+                if let Err(e) = agent.sync_pod_side() {
+                    agent.state.metrics.error("datapath");
+                    warn!("pod identities: {e:#}");
+                }
+                continue;
             }
             Ok(()) = restarts.changed() => {
                 warn!("wireguard-go was restarted: re-applying routes and eBPF attachments");
@@ -1173,8 +1228,7 @@ impl<B: Backend> Agent<B> {
     /// The programs on their devices (pod veths, NIC, uplinks, WireGuard).
     fn apply_hooks(&mut self, topo: &Topology, links: &LocalLinks) -> Result<()> {
         let nic = links.nic.clone();
-        let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
-        self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
+        let ports = self.sync_pod_side()?;
         let nics: Vec<String> = nic.into_iter().collect();
         self.datapath.reconcile_hook(Hook::NicIngress, &nics)?;
         // Only where the location may encapsulate: an LPM lookup per packet
@@ -1234,7 +1288,8 @@ impl<B: Backend> Agent<B> {
         } else {
             mtu - 20
         };
-        let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, pod_mtu);
+        let paths = cni::PluginPaths::for_agent(&self.cfg.bpf_pin_dir, &self.cfg.state_dir);
+        let conf = cni::conflist(&topo.pod_cidr, &self.cfg.pod_bridge, pod_mtu, &paths);
         if cni::write_if_changed(&self.cfg.cni_path, &conf)? {
             info!(path = %self.cfg.cni_path.display(), pod_cidr = %topo.pod_cidr, "CNI configuration written");
         }
@@ -1277,6 +1332,28 @@ impl<B: Backend> Agent<B> {
             }
         }
         Ok(hops)
+    }
+
+    /// The pod side: `WEFT_PODS` from the CNI records (stale ones removed),
+    /// then the pod program on every bridge port. Returns the ports.
+    fn sync_pod_side(&mut self) -> Result<Vec<String>> {
+        let map = self.datapath.map_mut(weft_common::maps::PODS)?;
+        let s = crate::podside::reconcile_pods(&self.pods, map, &ifindex)?;
+        self.state
+            .metrics
+            .map_writes(weft_common::maps::PODS, s.writes.total());
+        for st in &s.stale {
+            info!(pod = %st, "pod record removed: its veth is gone");
+        }
+        for bad in &s.unreadable {
+            warn!("ignoring pod record {bad}");
+        }
+        if s.writes.total() > 0 {
+            info!(pods = s.pods, writes = ?s.writes, "pod identities updated");
+        }
+        let ports = crate::podside::bridge_ports(&self.cfg.pod_bridge)?;
+        self.datapath.reconcile_hook(Hook::PodIngress, &ports)?;
+        Ok(ports)
     }
 
     /// Masquerade's maps: the topology's sources and exemptions (by
@@ -1550,6 +1627,27 @@ impl<B: Backend> Agent<B> {
             bail!("clean-up incomplete: {}", errors.join("; "))
         }
     }
+}
+
+/// Wakes the loop on every change of the pod record directory (CNI ADD/DEL).
+fn watch_pods(
+    store: &cni::pods::PodStore,
+) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher as _;
+    let dir = store.dir().to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
+            // Full: a wake-up is already pending, which is all this says.
+            let _ = tx.try_send(());
+        }
+    })
+    .context("creating an inotify watcher for the pod records")?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((watcher, rx))
 }
 
 fn ifindex(name: &str) -> Option<u32> {

@@ -285,11 +285,18 @@ fn snat_keeps_free_ports_and_fixes_every_checksum() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn colliding_ports_get_distinct_translations_from_the_range() {
     in_netns(|| {
-        let dp = nat_datapath(1000);
+        let mut dp = nat_datapath(1000);
+        // A third pod; each pod sends from its own veth (anything else is dropped as spoofed).
+        let (veth_new, mac_new) = (102, [0x02, 0, 0, 0, 0x01, 0x77]);
+        dp.add_pod(POD_NEW, PodEndpoint::new(veth_new, mac_new));
         let mut seen = Vec::new();
-        for (pod, mac) in [(POD_A, MAC_A), (POD_B, MAC_B), (POD_NEW, MAC_A)] {
+        for (pod, mac, veth) in [
+            (POD_A, MAC_A, VETH_A),
+            (POD_B, MAC_B, VETH_B),
+            (POD_NEW, mac_new, veth_new),
+        ] {
             let pkt = tcp(pod, OUTSIDE, 40000, 443, 0x02);
-            let r = dp.tc(POD_PROG, &from_pod(&pkt, mac), VETH_A);
+            let r = dp.tc(POD_PROG, &from_pod(&pkt, mac), veth);
             assert_eq!(r.ret, TC_ACT_REDIRECT);
             assert_checksums(&r.out[14..]);
             seen.push(port(&r.out[14..], 0));
@@ -452,6 +459,8 @@ fn a_full_table_refuses_new_flows_and_keeps_the_old() {
 fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
     in_netns(|| {
         let mut dp = nat_datapath(1000);
+        // A pod address the CNI gave out that is not a masquerade source.
+        dp.add_pod(STRANGER, PodEndpoint::new(VETH_A, MAC_A));
         let mut frag = udp(POD_A, OUTSIDE, 40000, 53, true);
         frag[6] = 0x20; // more fragments
         frag[10] = 0;
@@ -463,11 +472,6 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
             (
                 "service CIDR",
                 tcp(POD_A, SERVICE, 40000, 80, 2),
-                Counter::PassNoRoute,
-            ),
-            (
-                "not a source",
-                tcp(STRANGER, OUTSIDE, 40000, 80, 2),
                 Counter::PassNoRoute,
             ),
             ("fragment", frag, Counter::NatPassUnsupported),
@@ -507,6 +511,11 @@ fn exempt_unsupported_and_unroutable_traffic_is_left_alone() {
                 "tcp rst, no flow",
                 tcp(POD_A, OUTSIDE, 8080, 50000, 0x04),
                 Counter::NatPassNotNew,
+            ),
+            (
+                "not a source",
+                tcp(STRANGER, OUTSIDE, 40000, 80, 2),
+                Counter::PassNoRoute,
             ),
         ] {
             let frame = from_pod(&pkt, MAC_A);

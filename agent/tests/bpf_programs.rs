@@ -44,23 +44,18 @@ fn every_program_passes_the_verifier_and_maps_are_pinned_by_name() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn pod_ingress_learns_the_source_of_ipv4_once() {
-    let dp = Datapath::load().with_topology(true);
+fn pod_ingress_passes_a_pods_own_source_and_writes_no_map() {
+    let dp = Datapath::load().with_topology(true).with_pods();
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, OUTSIDE, 17, 64));
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
     assert_eq!(r.ret, TC_ACT_UNSPEC);
     assert_eq!(r.out, frame, "passed unchanged");
-    assert_eq!(dp.pod(POD_A), Some(learned(VETH_A, MAC_A)));
     let c1 = dp.counts();
     assert_counted(
         &c0,
         &c1,
-        &[
-            (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
-            (Counter::PassNoRoute, 1),
-        ],
+        &[(Counter::PodIngressSeen, 1), (Counter::PassNoRoute, 1)],
     );
     let seen = Counter::PodIngressSeen as usize;
     assert_eq!(
@@ -68,73 +63,132 @@ fn pod_ingress_learns_the_source_of_ipv4_once() {
         frame.len() as u64,
         "bytes counted"
     );
-
-    // Same source again: no write.
-    dp.tc(POD_PROG, &frame, VETH_A);
-    assert_counted(
-        &c1,
-        &dp.counts(),
-        &[(Counter::PodIngressSeen, 1), (Counter::PassNoRoute, 1)],
-    );
-
-    // The pod moved to another veth (or the IP was reused): updated.
+    // Packets never write WEFT_PODS: a source nobody registered stays unknown.
     dp.tc(
         POD_PROG,
-        &eth(GW_MAC, MAC_B, ETH_P_IP, &ipv4(POD_A, OUTSIDE, 17, 64)),
-        VETH_B,
+        &eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_NEW, OUTSIDE, 17, 64)),
+        VETH_A,
     );
-    assert_eq!(dp.pod(POD_A), Some(learned(VETH_B, MAC_B)));
+    dp.tc(POD_PROG, &arp(MAC_A, POD_NEW, POD_A), VETH_A);
+    assert_eq!(dp.pod(POD_NEW), None);
+    assert_eq!(dp.pod(POD_A), Some(endpoint(VETH_A, MAC_A)));
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn pod_ingress_learns_the_sender_of_arp() {
-    let dp = Datapath::load().with_topology(true);
-    let frame = arp(MAC_B, POD_B, [10, 244, 1, 1]);
-    let c0 = dp.counts();
-    let r = dp.tc(POD_PROG, &frame, VETH_B);
-    assert_eq!(r.ret, TC_ACT_UNSPEC);
-    assert_eq!(r.out, frame);
-    assert_eq!(dp.pod(POD_B), Some(learned(VETH_B, MAC_B)));
-    assert_counted(
-        &c0,
-        &dp.counts(),
-        &[
-            (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
-            (Counter::PassNotIpv4, 1),
-        ],
+fn pod_ingress_drops_and_counts_ipv4_from_an_address_not_the_veths_own() {
+    let mut dp = Datapath::load().with_topology(true).with_pods();
+    let gateway = [10, 244, 1, 1];
+    // (source, Ethernet source, ingress veth, what it is)
+    let forgeries = [
+        (POD_B, MAC_A, VETH_A, "a neighbour's address"),
+        (POD_B, MAC_B, VETH_A, "a neighbour's address and MAC"),
+        (
+            POD_A,
+            MAC_B,
+            VETH_A,
+            "its own address with a neighbour's MAC",
+        ),
+        (gateway, MAC_A, VETH_A, "the gateway's address"),
+        (POD_NEW, MAC_A, VETH_A, "an address the CNI never gave out"),
+        (POD_REMOTE, MAC_A, VETH_A, "another node's pod"),
+        (OUTSIDE, MAC_A, VETH_A, "an outside address"),
+        (
+            [0, 0, 0, 0],
+            MAC_A,
+            VETH_A,
+            "0.0.0.0 (DHCP: not how CNI pods get addresses)",
+        ),
+    ];
+    for (src, mac, veth, what) in forgeries {
+        for dst in [POD_B, POD_FAR, POD_REMOTE, OUTSIDE, [255, 255, 255, 255]] {
+            let frame = eth(GW_MAC, mac, ETH_P_IP, &ipv4(src, dst, 17, 64));
+            let c0 = dp.counts();
+            let r = dp.tc(POD_PROG, &frame, veth);
+            assert_eq!(r.ret, TC_ACT_SHOT, "{what} to {dst:?}: dropped");
+            assert_counted(
+                &c0,
+                &dp.counts(),
+                &[
+                    (Counter::PodIngressSeen, 1),
+                    (Counter::DropSpoofedSource, 1),
+                ],
+            );
+        }
+    }
+    assert_eq!(
+        dp.pod(POD_B),
+        Some(endpoint(VETH_B, MAC_B)),
+        "victim's entry kept"
     );
+
+    // The victim itself still sends; once deleted (CNI DEL), its address is nobody's.
+    let own = eth(GW_MAC, MAC_B, ETH_P_IP, &ipv4(POD_B, POD_FAR, 17, 64));
+    assert_eq!(dp.tc(POD_PROG, &own, VETH_B).ret, TC_ACT_REDIRECT);
+    dp.remove_pod(POD_B);
+    assert_eq!(dp.tc(POD_PROG, &own, VETH_B).ret, TC_ACT_SHOT);
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn pod_ingress_learns_only_addresses_of_this_nodes_pod_cidr() {
-    let dp = Datapath::load().with_topology(true);
-    // A source in another node's CIDR, one outside the cluster, and 0.0.0.0 (DHCP, ARP probes).
-    dp.tc(
-        POD_PROG,
-        &eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_REMOTE, OUTSIDE, 17, 64)),
-        VETH_A,
-    );
-    dp.tc(
-        POD_PROG,
-        &eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(OUTSIDE, POD_B, 17, 64)),
-        VETH_A,
-    );
-    dp.tc(POD_PROG, &arp(MAC_A, [0, 0, 0, 0], POD_A), VETH_A);
-    assert_eq!(dp.pod(POD_REMOTE), None);
-    assert_eq!(dp.pod(OUTSIDE), None);
-    assert_eq!(dp.pod([0, 0, 0, 0]), None);
-    assert_eq!(dp.counts()[Counter::PodLearned as usize].packets, 0);
+fn pod_ingress_drops_and_counts_arp_claiming_what_is_not_the_veths_own() {
+    let dp = Datapath::load().with_topology(true).with_pods();
+    let gateway = [10, 244, 1, 1];
+    // Gratuitous ARP (sender = target) and replies naming a neighbour or the gateway.
+    for (frame, what) in [
+        (arp(MAC_A, POD_B, POD_B), "gratuitous ARP for a neighbour"),
+        (
+            arp(MAC_A, gateway, gateway),
+            "gratuitous ARP for the gateway",
+        ),
+        (
+            arp(MAC_A, POD_B, gateway),
+            "request claiming a neighbour's address",
+        ),
+        (
+            arp(MAC_B, POD_A, gateway),
+            "own address, neighbour's MAC in the body",
+        ),
+        (
+            arp(MAC_A, POD_NEW, POD_NEW),
+            "an address the CNI never gave out",
+        ),
+    ] {
+        let c0 = dp.counts();
+        let r = dp.tc(POD_PROG, &frame, VETH_A);
+        assert_eq!(r.ret, TC_ACT_SHOT, "{what}: dropped");
+        assert_counted(
+            &c0,
+            &dp.counts(),
+            &[(Counter::PodIngressSeen, 1), (Counter::DropSpoofedArp, 1)],
+        );
+    }
+    // The pod's own ARP and a probe (sender 0.0.0.0) pass.
+    for (frame, what) in [
+        (arp(MAC_A, POD_A, gateway), "own request"),
+        (arp(MAC_A, POD_A, POD_A), "own gratuitous ARP"),
+        (arp(MAC_A, [0, 0, 0, 0], POD_A), "probe"),
+    ] {
+        let c0 = dp.counts();
+        let r = dp.tc(POD_PROG, &frame, VETH_A);
+        assert_eq!((r.ret, &r.out), (TC_ACT_UNSPEC, &frame), "{what}: passed");
+        assert_counted(
+            &c0,
+            &dp.counts(),
+            &[(Counter::PodIngressSeen, 1), (Counter::PassNotIpv4, 1)],
+        );
+    }
+    assert_eq!(dp.pod(POD_A), Some(endpoint(VETH_A, MAC_A)));
+    assert_eq!(dp.pod(POD_B), Some(endpoint(VETH_B, MAC_B)));
+    assert_eq!(dp.pod(gateway), None);
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_switches_same_node_pods_at_l2() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
-    dp.add_pod(POD_B, learned(VETH_B, MAC_B));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
+    dp.add_pod(POD_B, endpoint(VETH_B, MAC_B));
     // TTL 1 too: switching is not a router hop.
     for ttl in [64, 1] {
         let frame = eth(MAC_B, MAC_A, ETH_P_IP, &ipv4(POD_A, POD_B, 6, ttl));
@@ -152,10 +206,10 @@ fn pod_ingress_switches_same_node_pods_at_l2() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn pod_ingress_routes_into_a_learned_pod_when_sent_to_the_gateway() {
+fn pod_ingress_routes_into_a_known_pod_when_sent_to_the_gateway() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
-    dp.add_pod(POD_B, learned(VETH_B, MAC_B));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
+    dp.add_pod(POD_B, endpoint(VETH_B, MAC_B));
     let ip = ipv4(POD_A, POD_B, 6, 64);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &eth(GW_MAC, MAC_A, ETH_P_IP, &ip), VETH_A);
@@ -174,7 +228,7 @@ fn pod_ingress_routes_into_a_learned_pod_when_sent_to_the_gateway() {
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_redirects_other_segments_into_wireguard() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     let ip = ipv4(POD_A, POD_FAR, 17, 64);
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ip);
     let c0 = dp.counts();
@@ -191,7 +245,6 @@ fn pod_ingress_redirects_other_segments_into_wireguard() {
         &dp.counts(),
         &[
             (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
             (Counter::RedirectWireguard, 1),
         ],
     );
@@ -200,7 +253,7 @@ fn pod_ingress_redirects_other_segments_into_wireguard() {
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_redirects_to_a_node_directly() {
-    let dp = Datapath::load().with_topology(false);
+    let dp = Datapath::load().with_topology(false).with_pods();
     let ip = ipv4(POD_A, POD_REMOTE, 6, 64);
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ip);
     let c0 = dp.counts();
@@ -211,18 +264,14 @@ fn pod_ingress_redirects_to_a_node_directly() {
     assert_counted(
         &c0,
         &dp.counts(),
-        &[
-            (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
-            (Counter::RedirectNode, 1),
-        ],
+        &[(Counter::PodIngressSeen, 1), (Counter::RedirectNode, 1)],
     );
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_encapsulates_ipip_to_a_node() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     let ip = ipv4(POD_A, POD_REMOTE, 6, 64);
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ip);
     let c0 = dp.counts();
@@ -235,18 +284,14 @@ fn pod_ingress_encapsulates_ipip_to_a_node() {
     assert_counted(
         &c0,
         &dp.counts(),
-        &[
-            (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
-            (Counter::RedirectNodeIpip, 1),
-        ],
+        &[(Counter::PodIngressSeen, 1), (Counter::RedirectNodeIpip, 1)],
     );
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_encapsulation_copies_no_df_and_tos() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     let mut ip = ipv4(POD_A, POD_REMOTE, 17, 30);
     ip[1] = 0xb9; // DSCP EF + ECN CE
     ip[6] = 0; // DF clear
@@ -267,8 +312,8 @@ fn pod_ingress_encapsulation_copies_no_df_and_tos() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn pod_ingress_leaves_unlearned_local_pods_to_the_bridge() {
-    let dp = Datapath::load().with_topology(true);
+fn pod_ingress_leaves_unknown_local_pods_to_the_bridge() {
+    let dp = Datapath::load().with_topology(true).with_pods();
     let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, POD_NEW, 6, 64));
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &frame, VETH_A);
@@ -277,18 +322,14 @@ fn pod_ingress_leaves_unlearned_local_pods_to_the_bridge() {
     assert_counted(
         &c0,
         &dp.counts(),
-        &[
-            (Counter::PodIngressSeen, 1),
-            (Counter::PodLearned, 1),
-            (Counter::PassLocalBridge, 1),
-        ],
+        &[(Counter::PodIngressSeen, 1), (Counter::PassLocalBridge, 1)],
     );
 }
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_passes_ttl_1_to_the_stack() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     for dst in [POD_FAR, POD_REMOTE] {
         let frame = eth(GW_MAC, MAC_A, ETH_P_IP, &ipv4(POD_A, dst, 1, 1));
         let c0 = dp.counts();
@@ -306,7 +347,7 @@ fn pod_ingress_passes_ttl_1_to_the_stack() {
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_passes_non_ipv4_and_malformed() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     let v6 = eth(GW_MAC, MAC_A, ETH_P_IPV6, &[0x60; 60]);
     let c0 = dp.counts();
     let r = dp.tc(POD_PROG, &v6, VETH_A);
@@ -347,7 +388,7 @@ fn pod_ingress_passes_non_ipv4_and_malformed() {
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
 fn pod_ingress_ttl_and_checksum_are_right_for_many_headers() {
-    let dp = Datapath::load().with_topology(true);
+    let dp = Datapath::load().with_topology(true).with_pods();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..500 {
         x ^= x << 13;
@@ -374,9 +415,9 @@ fn pod_ingress_ttl_and_checksum_are_right_for_many_headers() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn nic_ingress_delivers_to_a_learned_pod() {
+fn nic_ingress_delivers_to_a_known_pod() {
     let mut dp = Datapath::load().with_topology(false);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let ip = ipv4(POD_REMOTE, POD_A, 6, 63);
     let c0 = dp.counts();
     let r = dp.tc(NIC_PROG, &eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ip), NIC);
@@ -394,7 +435,7 @@ fn nic_ingress_delivers_to_a_learned_pod() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn nic_ingress_sends_unlearned_local_pods_through_the_bridge() {
+fn nic_ingress_sends_unknown_local_pods_through_the_bridge() {
     let dp = Datapath::load().with_topology(false);
     let ip = ipv4(POD_REMOTE, POD_NEW, 17, 64);
     let frame = eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ip);
@@ -478,7 +519,7 @@ fn nic_ingress_passes_node_routes_no_route_ttl_1_and_other_hosts_frames() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn nic_ingress_decapsulates_ipip_from_a_peer_and_delivers() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let inner = ipv4(POD_REMOTE, POD_A, 6, 63);
     let outer = ipv4_with(PEER, ME, 4, 64, &inner);
     let frame = eth(HOST_MAC, PEER_MAC, ETH_P_IP, &outer);
@@ -523,7 +564,7 @@ fn nic_ingress_decapsulates_ipip_from_a_peer_and_delivers() {
     );
     assert_one_hop(&r.out[14..], &inner);
 
-    // Unlearned destination: decapsulated, then through the bridge.
+    // Unknown destination: decapsulated, then through the bridge.
     let inner = ipv4(POD_REMOTE, POD_NEW, 17, 64);
     let frame = eth(
         HOST_MAC,
@@ -563,7 +604,7 @@ fn nic_ingress_decapsulates_ipip_from_a_peer_and_delivers() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn nic_ingress_drops_ipip_from_strangers() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let inner = ipv4(POD_REMOTE, POD_A, 6, 63);
     let frame = eth(
         HOST_MAC,
@@ -608,9 +649,9 @@ fn nic_ingress_drops_ipip_from_strangers() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn wg_ingress_delivers_to_a_learned_pod_with_an_ethernet_header() {
+fn wg_ingress_delivers_to_a_known_pod_with_an_ethernet_header() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let ip = ipv4(POD_FAR, POD_A, 6, 60);
     let c0 = dp.counts();
     let r = dp.tc(WG_PROG, &ip, WG);
@@ -629,7 +670,7 @@ fn wg_ingress_delivers_to_a_learned_pod_with_an_ethernet_header() {
 
 #[test]
 #[ignore = "needs root; run by cargo xtask test"]
-fn wg_ingress_sends_unlearned_local_pods_through_the_bridge() {
+fn wg_ingress_sends_unknown_local_pods_through_the_bridge() {
     let dp = Datapath::load().with_topology(true);
     let ip = ipv4(POD_FAR, POD_NEW, 17, 64);
     let c0 = dp.counts();
@@ -802,7 +843,7 @@ fn run_cases(dp: &Datapath, prog: &str, seen: Counter, cases: &[Case]) {
 #[ignore = "needs root; run by cargo xtask test"]
 fn nic_ingress_accepts_ipip_only_as_the_topology_says() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let to_pod = |src: [u8; 4]| ipv4(src, POD_A, 6, 63);
     let drop = |what, frame, ingress, why: &'static [Counter]| Case {
         what,
@@ -892,7 +933,7 @@ fn nic_ingress_accepts_ipip_only_as_the_topology_says() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn nic_ingress_passes_ipip_fragments_unparsed() {
     let mut dp = Datapath::load().with_topology(true);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     // A non-first fragment's payload is no inner header: it must not be parsed as one.
     let looks_like_ipv4 = ipv4(POD_REMOTE, POD_A, 6, 63);
     let pass = |what, frag_off| Case {
@@ -929,7 +970,7 @@ fn nic_ingress_passes_ipip_fragments_unparsed() {
 fn nic_ingress_forwards_plain_ipv4_only_from_sources_allowed_there() {
     // --encapsulate never: pods of this location arrive unencapsulated.
     let mut dp = Datapath::load().with_topology(false);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let frame = |src, dst| eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(src, dst, 17, 63));
     let ok = |what, src, dst, counted| Case {
         what,
@@ -1004,7 +1045,7 @@ fn nic_ingress_forwards_plain_ipv4_only_from_sources_allowed_there() {
 #[ignore = "needs root; run by cargo xtask test"]
 fn uplink_ingress_drops_cluster_sources_for_the_cluster() {
     let mut dp = Datapath::load().with_topology(false);
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
     let frame = |src, dst| eth(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(src, dst, 17, 63));
     let case = |what, src, dst, ret, counted| Case {
         what,

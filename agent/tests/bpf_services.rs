@@ -23,8 +23,8 @@ const CLIENT_PORT: u16 = 40000;
 const BACKEND_PORT: u16 = 8080;
 
 fn services(mut dp: Datapath) -> Datapath {
-    dp.add_pod(POD_A, learned(VETH_A, MAC_A));
-    dp.add_pod(POD_B, learned(VETH_B, MAC_B));
+    dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
+    dp.add_pod(POD_B, endpoint(VETH_B, MAC_B));
     let mut m: LpmTrie<_, [u8; 4], u32> =
         LpmTrie::try_from(dp.ebpf.map_mut(SERVICE_CIDRS).unwrap()).unwrap();
     m.insert(&maps_key([10, 96, 0, 0], 12), 1, 0).unwrap();

@@ -216,6 +216,51 @@ mod tests {
         assert!(problems_in("", "").is_empty());
     }
 
+    /// Every DaemonSet manifest chains weft-cni after bridge in the conflist
+    /// it installs, pointing at the agent's own pin and state directories
+    /// (or pods created before the agent rewrites it would get no identity,
+    /// and the datapath would drop what they send), and installs the plugin
+    /// into the node's CNI bin directory.
+    #[test]
+    fn daemonsets_chain_and_install_weft_cni() {
+        for name in [
+            "weft-k3s.yaml",
+            "weft-k3s-userspace.yaml",
+            "weft-kubeadm.yaml",
+        ] {
+            let y = std::fs::read_to_string(workspace_root().join("manifests").join(name)).unwrap();
+            let conf = y
+                .split("cni-conf.json: |\n")
+                .nth(1)
+                .and_then(|r| r.split("\n---").next())
+                .unwrap_or_else(|| panic!("{name}: no cni-conf.json"));
+            let v: serde_json::Value =
+                serde_json::from_str(conf).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let plugins = v["plugins"].as_array().unwrap();
+            let types: Vec<&str> = plugins.iter().filter_map(|p| p["type"].as_str()).collect();
+            assert_eq!(types, ["bridge", "weft-cni", "portmap"], "{name}");
+            let arg = |flag: &str| {
+                y.lines()
+                    .find_map(|l| l.trim().strip_prefix(&format!("- {flag}=")))
+                    .unwrap_or_else(|| panic!("{name}: no {flag}"))
+                    .to_string()
+            };
+            let w = &plugins[1];
+            assert_eq!(w["bpfPinDir"], arg("--bpf-pin-dir"), "{name}");
+            assert_eq!(
+                w["podStateDir"],
+                format!("{}/pods", arg("--state-dir")),
+                "{name}"
+            );
+            assert_eq!(w["bridge"], plugins[0]["bridge"], "{name}");
+            assert!(
+                y.contains("cp /usr/local/bin/weft-cni /host/opt/cni/bin/weft-cni.tmp")
+                    && y.contains("mv /host/opt/cni/bin/weft-cni.tmp /host/opt/cni/bin/weft-cni"),
+                "{name}: weft-cni not installed"
+            );
+        }
+    }
+
     /// The repository's manifests pass. Ignored: it installs the validator
     /// from PyPI on first use (`cargo xtask test` runs it after clippy anyway).
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs every tool the project needs, idempotently.
 //!
 //! - Debian packages (wireguard-go, wg, bpftool, iproute2, ping, iperf3,
-//!   iptables, graphviz), installed without recommends (wireguard-tools
+//!   iptables, graphviz, the CNI plugins), installed without recommends (wireguard-tools
 //!   would otherwise pull in a whole kernel image);
 //! - `rust-src` for the nightly (eBPF builds `core` from source), from rustup,
 //!   or in CI from the tarball in `../shared/toolchain/` when rustup fails;
@@ -35,6 +35,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "graphviz",
     // `python3 -m venv` for the manifests' validator (kubernetes-validate).
     "python3-venv",
+    // The reference CNI plugins (bridge, host-local, loopback, portmap in
+    // /usr/lib/cni): the test bed creates its pods with them, as a runtime does.
+    "containernetworking-plugins",
 ];
 
 /// The bpf-linker release that supports LLVM 22 and builds with rustc 1.95.

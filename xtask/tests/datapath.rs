@@ -105,28 +105,29 @@ fn pod_counter_counts_pings_and_clean_up_leaves_nothing() {
             (links_pinned(node).len() == 7).then_some(())
         },
     );
-    assert_eq!(
-        links_pinned(node),
-        [
-            // The NIC's egress: IPIP for what the host itself sends
-            // (the default, crosssubnet, may encapsulate).
-            "nic_egress@eth0",
-            "nic_ingress@eth0",
-            "nic_xdp@eth0",
-            "pod_ingress@vp0",
-            "pod_ingress@vp1",
-            // eth1, the public interface: masqueraded flows' replies.
-            "uplink_ingress@eth1",
-            "wg_ingress@weft0"
-        ]
-    );
+    // The pods' veths, named by the bridge plugin.
+    // The NIC's egress: IPIP for what the host itself sends (the
+    // default, crosssubnet, may encapsulate).
+    let mut want: Vec<String> = ["nic_egress@eth0", "nic_ingress@eth0", "nic_xdp@eth0"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            node.pods
+                .iter()
+                .map(|p| format!("pod_ingress@{}", p.host_veth)),
+        )
+        // eth1, the public interface: masqueraded flows' replies.
+        .chain(["uplink_ingress@eth1".into(), "wg_ingress@weft0".into()])
+        .collect();
+    want.sort();
+    assert_eq!(links_pinned(node), want);
 
     let before = counter(node, Counter::PodIngressSeen);
     let (p0, p1) = (&node.pods[0], &node.pods[1]);
     p0.ping(p1.ip, 10).unwrap();
     p0.ping(node.gateway, 5).unwrap();
     let after = counter(node, Counter::PodIngressSeen);
-    // 10 requests enter vp0, 10 replies enter vp1, 5 requests to the gateway enter vp0.
+    // 10 requests enter pod 0's veth, 10 replies pod 1's, 5 requests to the gateway pod 0's.
     assert!(
         after - before >= 25,
         "pod_ingress_seen grew by {} (from {before} to {after})",
@@ -261,10 +262,11 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
                 .then_some(())
         },
     );
+    let vp0 = node.pods[0].host_veth.as_str();
     assert!(
-        filters("vp0").contains("weft_pod_ingress"),
+        filters(vp0).contains("weft_pod_ingress"),
         "{}",
-        filters("vp0")
+        filters(vp0)
     );
     assert!(
         filters("eth0").contains("weft_nic_ingress"),
@@ -274,7 +276,11 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
     let egress = || node.sh("tc filter show dev eth0 egress").unwrap();
     assert!(egress().contains("weft_nic_egress"), "{}", egress());
     // No TCX link: the markers are directories, not pinned links.
-    assert!(node.bpffs_dir.join("weft/links/pod_ingress@vp0").is_dir());
+    assert!(
+        node.bpffs_dir
+            .join(format!("weft/links/pod_ingress@{vp0}"))
+            .is_dir()
+    );
 
     mesh.kill("n1").unwrap();
     let before = counter(node, Counter::PodIngressSeen);
@@ -299,10 +305,10 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
     );
     // One filter per hook, not two, and the maps kept their counts.
     assert_eq!(
-        filters("vp0").matches("weft_pod_ingress").count(),
+        filters(vp0).matches("weft_pod_ingress").count(),
         1,
         "{}",
-        filters("vp0")
+        filters(vp0)
     );
     node.pods[1].ping(node.pods[0].ip, 5).unwrap();
     assert!(counter(node, Counter::PodIngressSeen) >= after + 10);
@@ -312,7 +318,7 @@ fn clsact_fallback_counts_survives_kill_9_and_cleans_up() {
         !node.bpffs_dir.join("weft").exists(),
         "pins or markers left"
     );
-    for dev in ["vp0", "vp1", "eth0"] {
+    for dev in [vp0, node.pods[1].host_veth.as_str(), "eth0"] {
         assert!(!filters(dev).contains("weft_"), "{dev}: {}", filters(dev));
     }
     assert!(!egress().contains("weft_"), "eth0 egress: {}", egress());

@@ -232,7 +232,8 @@ fn cluster_connectivity_isolation_mounts_and_teardown() {
             node.name
         );
         let devices = sh(node.cmd("ls").arg("/sys/class/net"));
-        for dev in ["eth0", "eth1", "cni0", "vp0", "vp1"] {
+        let veths: Vec<&str> = node.pods.iter().map(|p| p.host_veth.as_str()).collect();
+        for dev in ["eth0", "eth1", "cni0"].into_iter().chain(veths) {
             assert!(
                 devices.split_whitespace().any(|d| d == dev),
                 "{}: /sys/class/net has {devices}",

@@ -82,10 +82,10 @@ pub fn counters(pin_dir: &Path) -> Result<String> {
     Ok(out)
 }
 
-/// `weftctl bpf pods`: the local pods the datapath learned.
+/// `weftctl bpf pods`: the local pods as the CNI registered them.
 pub fn pods(pin_dir: &Path) -> Result<String> {
     let map: HashMap<MapData, [u8; 4], PodEndpoint> =
-        HashMap::try_from(Map::LruHashMap(open(pin_dir, PODS)?))?;
+        HashMap::try_from(Map::HashMap(open(pin_dir, PODS)?))?;
     let mut rows = Vec::new();
     for item in map.iter() {
         let (ip, p) = item?;

@@ -83,7 +83,7 @@ pub enum BpfWhat {
     Routes,
     /// Per-action and per-reason packet and byte counters.
     Counters,
-    /// The local pods the datapath learned (IP → host veth, MAC).
+    /// The local pods as the CNI registered them (IP → host veth, MAC).
     Pods,
     /// Who may send what into this node without WireGuard: the IPIP senders (this
     /// location's nodes) with their device, outer destination and inner sources, then

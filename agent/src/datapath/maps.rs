@@ -8,7 +8,9 @@ use aya::maps::{HashMap, Map, MapData};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use weft_common::maps::{ALLOWED, IpipSender, Route, SENDER_SOURCE_KEY_LEN, sender_source_data};
+use weft_common::maps::{
+    ALLOWED, IpipSender, PodEndpoint, Route, SENDER_SOURCE_KEY_LEN, sender_source_data,
+};
 use weft_common::sources::FROM_NOWHERE;
 
 use crate::topology::Sender;
@@ -237,6 +239,39 @@ where
         trie.remove(&Key::new(len, data))
             .with_context(|| format!("removing {name} entry {data:?}/{len}"))?;
         w.removed += 1;
+    }
+    Ok(w)
+}
+
+/// Makes `WEFT_PODS` hold exactly `desired` (the pods' addresses from their
+/// CNI records). Entries the plugin wrote meanwhile are in `desired` too
+/// once their record is read; the next sync settles any race.
+pub fn sync_pods(map: &mut Map, desired: &BTreeMap<[u8; 4], PodEndpoint>) -> Result<Writes> {
+    let mut hash: HashMap<&mut MapData, [u8; 4], PodEndpoint> = HashMap::try_from(map)?;
+    let mut current = BTreeMap::new();
+    for item in hash.iter() {
+        let (k, v) = item.context("reading WEFT_PODS")?;
+        current.insert(k, v);
+    }
+    let (upserts, removals) = diff(&current, desired);
+    let mut w = Writes::default();
+    for (k, v, existed) in upserts {
+        hash.insert(k, v, 0)
+            .with_context(|| format!("writing pod {} (map full?)", std::net::Ipv4Addr::from(k)))?;
+        if existed {
+            w.updated += 1
+        } else {
+            w.inserted += 1
+        }
+    }
+    for k in removals {
+        match hash.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => w.removed += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing pod {}", std::net::Ipv4Addr::from(k)));
+            }
+        }
     }
     Ok(w)
 }

@@ -50,7 +50,7 @@ pub const STRANGER: [u8; 4] = [203, 0, 113, 9];
 /// This node's pod CIDR is 10.244.1.0/24.
 pub const POD_A: [u8; 4] = [10, 244, 1, 5];
 pub const POD_B: [u8; 4] = [10, 244, 1, 6];
-/// In this node's CIDR, never learned.
+/// In this node's CIDR, not in `WEFT_PODS` (no CNI record).
 pub const POD_NEW: [u8; 4] = [10, 244, 1, 77];
 /// 10.244.2.0/24 is the pod CIDR of PEER, a node of this location.
 pub const POD_REMOTE: [u8; 4] = [10, 244, 2, 7];
@@ -196,6 +196,20 @@ impl Datapath {
         self.add_nic_source([10, 244, 2, 0], 24, NIC);
         self.add_nic_source(PEER, 32, NIC);
         self
+    }
+
+    /// POD_A behind VETH_A and POD_B behind VETH_B in `WEFT_PODS`, as
+    /// `weft-cni` registers them at CNI ADD: what lets them send at all.
+    pub fn with_pods(mut self) -> Datapath {
+        self.add_pod(POD_A, endpoint(VETH_A, MAC_A));
+        self.add_pod(POD_B, endpoint(VETH_B, MAC_B));
+        self
+    }
+
+    pub fn remove_pod(&mut self, ip: [u8; 4]) {
+        let mut m: HashMap<_, [u8; 4], PodEndpoint> =
+            HashMap::try_from(self.ebpf.map_mut(maps::PODS).unwrap()).unwrap();
+        m.remove(&ip).unwrap();
     }
 
     pub fn add_pod(&mut self, ip: [u8; 4], ep: PodEndpoint) {
@@ -405,6 +419,7 @@ pub fn assert_outer(outer: &[u8], inner: &[u8], src: [u8; 4], dst: [u8; 4]) {
     assert_eq!(&outer[16..20], &dst, "outer destination");
 }
 
-pub fn learned(ifindex: u32, mac: [u8; 6]) -> PodEndpoint {
+/// A `WEFT_PODS` value, as `weft-cni` writes it from the CNI result.
+pub fn endpoint(ifindex: u32, mac: [u8; 6]) -> PodEndpoint {
     PodEndpoint::new(ifindex, mac)
 }

@@ -6,8 +6,8 @@
 //!
 //! Every packet a tc program sees adds to its `*_seen` counter and to exactly
 //! one outcome counter (an action, a pass reason or a drop reason). On top of
-//! that, `pod_learned` counts writes to `WEFT_PODS`, and a packet decapsulated
-//! on the NIC adds `ipip_decap` before the outcome of its inner packet. XDP adds
+//! that, a packet decapsulated on the NIC adds `ipip_decap` before the outcome
+//! of its inner packet. XDP adds
 //! `xdp_pass`, `xdp_drop_ipip_unknown_source` or `xdp_drop_ipip_forged` per frame. Bytes are the
 //! packet's length as the program found it (`skb->len`, the XDP frame
 //! length); an outcome after decapsulation counts the inner frame.
@@ -23,13 +23,16 @@ pub enum Counter {
     NicIngressSeen = 1,
     /// Packets seen by `weft_wg_ingress` (WireGuard device ingress).
     WgIngressSeen = 2,
-    /// Pod (IP → veth, MAC) entries written into `WEFT_PODS` (new or changed).
-    PodLearned = 3,
+    /// Dropped (pod veth ingress): IPv4 whose source address is not the
+    /// veth's own (its `WEFT_PODS` entry names another veth or MAC, or there
+    /// is none: a neighbour's address, the gateway's, 0.0.0.0). Index 3 was
+    /// `pod_learned`, gone since packets no longer write `WEFT_PODS`.
+    DropSpoofedSource = 3,
     /// Same-node pod to pod, switched at L2 straight into the peer veth.
     LocalSameNode = 4,
     /// Routed into a local pod with `bpf_redirect_peer` (TTL decremented).
     DeliverLocalPeer = 5,
-    /// Routed into the pod bridge with `bpf_redirect_neigh` (pod not learned yet).
+    /// Routed into the pod bridge with `bpf_redirect_neigh` (pod not in `WEFT_PODS`).
     DeliverLocalBridge = 6,
     /// Redirected into the WireGuard device.
     RedirectWireguard = 7,
@@ -45,7 +48,7 @@ pub enum Counter {
     PassNotForHost = 12,
     /// Passed to the stack: no route (traffic for the host or outside the cluster).
     PassNoRoute = 13,
-    /// Passed on (pod side): destination in this node's pod CIDR but not learned: the bridge delivers.
+    /// Passed on (pod side): destination in this node's pod CIDR but not in `WEFT_PODS`: the bridge delivers.
     PassLocalBridge = 14,
     /// Passed to the stack: the route belongs to another hop (a node route seen on the NIC,
     /// a WireGuard route seen on the WireGuard device).
@@ -130,6 +133,10 @@ pub enum Counter {
     /// Passed to the stack: the packet does not fit the egress device's MTU (after
     /// encapsulation): the stack fragments it or answers "fragmentation needed".
     PassMtu = 45,
+    /// Dropped (pod veth ingress): ARP whose sender is not the veth's own
+    /// address and pod MAC (gratuitous ARP or replies claiming a neighbour's
+    /// or the gateway's address). Probes (sender 0.0.0.0) pass.
+    DropSpoofedArp = 46,
 }
 
 impl Counter {
@@ -138,7 +145,7 @@ impl Counter {
         Counter::PodIngressSeen,
         Counter::NicIngressSeen,
         Counter::WgIngressSeen,
-        Counter::PodLearned,
+        Counter::DropSpoofedSource,
         Counter::LocalSameNode,
         Counter::DeliverLocalPeer,
         Counter::DeliverLocalBridge,
@@ -181,6 +188,7 @@ impl Counter {
         Counter::XdpDropIpipForged,
         Counter::PassIpipFragment,
         Counter::PassMtu,
+        Counter::DropSpoofedArp,
     ];
 
     /// The metric-friendly name (snake_case, stable).
@@ -189,7 +197,7 @@ impl Counter {
             Counter::PodIngressSeen => "pod_ingress_seen",
             Counter::NicIngressSeen => "nic_ingress_seen",
             Counter::WgIngressSeen => "wg_ingress_seen",
-            Counter::PodLearned => "pod_learned",
+            Counter::DropSpoofedSource => "drop_spoofed_source",
             Counter::LocalSameNode => "local_same_node",
             Counter::DeliverLocalPeer => "deliver_local_peer",
             Counter::DeliverLocalBridge => "deliver_local_bridge",
@@ -232,6 +240,7 @@ impl Counter {
             Counter::XdpDropIpipForged => "xdp_drop_ipip_forged",
             Counter::PassIpipFragment => "pass_ipip_fragment",
             Counter::PassMtu => "pass_mtu",
+            Counter::DropSpoofedArp => "drop_spoofed_arp",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! | map | type | key | value | written by |
 //! |---|---|---|---|---|
 //! | `WEFT_ROUTES` | LPM trie | `Key<[u8; 4]>` (prefix length, destination) | [`Route`] | agent (topology) |
-//! | `WEFT_PODS` | LRU hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft_pod_ingress` (learned) |
+//! | `WEFT_PODS` | hash | `[u8; 4]` pod IP | [`PodEndpoint`] | `weft-cni` (CNI ADD/DEL) and agent (from the pod records) |
 //! | `WEFT_IPIP_SENDERS` | hash | `[u8; 4]` node private IP (outer source) | [`IpipSender`] | agent (topology) |
 //! | `WEFT_SENDER_SOURCES` | LPM trie | `Key<[u8; 8]>` ([`sender_source_key`]: sender ++ inner source prefix) | `u32` ([`ALLOWED`]) | agent (topology) |
 //! | `WEFT_NIC_SOURCES` | LPM trie | `Key<[u8; 4]>` source prefix | `u32` NIC ifindex it may arrive on, 0 = nowhere | agent (topology) |
@@ -17,7 +17,7 @@
 
 /// Map name of the route LPM trie.
 pub const ROUTES: &str = "WEFT_ROUTES";
-/// Map name of the learned local pods.
+/// Map name of the local pods (IP → host veth, MAC), as the CNI assigned them.
 pub const PODS: &str = "WEFT_PODS";
 /// Map name of the nodes IPIP is accepted from (node private IPs of this location).
 pub const IPIP_SENDERS: &str = "WEFT_IPIP_SENDERS";
@@ -30,7 +30,7 @@ pub const COUNTERS: &str = "WEFT_COUNTERS";
 
 /// Capacity of `WEFT_ROUTES`.
 pub const ROUTES_MAX_ENTRIES: u32 = 16384;
-/// Capacity of `WEFT_PODS` (LRU: the least recently used entries go first).
+/// Capacity of `WEFT_PODS` (a plain hash: a full map refuses new pods, it never evicts one).
 pub const PODS_MAX_ENTRIES: u32 = 16384;
 /// Capacity of `WEFT_IPIP_SENDERS`.
 pub const IPIP_SENDERS_MAX_ENTRIES: u32 = 4096;
@@ -155,7 +155,8 @@ impl Route {
     }
 }
 
-/// Value of `WEFT_PODS` (key: the pod's IPv4 address): where a local pod lives.
+/// Value of `WEFT_PODS` (key: the pod's IPv4 address): where a local pod lives,
+/// and what it alone may send from (its veth and MAC).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodEndpoint {

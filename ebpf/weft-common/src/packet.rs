@@ -222,7 +222,7 @@ impl Ipv4Facts {
     }
 }
 
-/// The fields of an Ethernet/IPv4 ARP body that matter for learning.
+/// The fields of an Ethernet/IPv4 ARP body that the pod-side ARP check reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArpFacts {
     pub op: u16,

@@ -37,9 +37,9 @@ pub enum Action {
     Pass,
     /// Same-node pod to pod at L2: `bpf_redirect_peer(ifindex)`, frame and TTL unchanged.
     SwitchToPod,
-    /// Route into a learned local pod: Ethernet dst = `mac`, TTL − 1, `bpf_redirect_peer(ifindex)`.
+    /// Route into a local pod (in `WEFT_PODS`): Ethernet dst = `mac`, TTL − 1, `bpf_redirect_peer(ifindex)`.
     DeliverToPod,
-    /// Route into this node's pod CIDR, pod not learned: TTL − 1,
+    /// Route into this node's pod CIDR, pod not in `WEFT_PODS`: TTL − 1,
     /// `bpf_redirect_neigh(ifindex = bridge, no next hop)` (the kernel resolves the pod's MAC).
     DeliverViaBridge,
     /// TTL − 1, `bpf_redirect(ifindex = WireGuard device, 0)`.
@@ -141,20 +141,20 @@ impl Decision {
 
 /// Decides what `hook` does with an IPv4 packet.
 ///
-/// `pod` is the `WEFT_PODS` entry of the destination (`ifindex` 0: not
-/// learned); `route` does the `WEFT_ROUTES` longest-prefix lookup of the
+/// `pod` is the `WEFT_PODS` entry of the destination (`ifindex` 0: not a
+/// local pod the agent knows); `route` does the `WEFT_ROUTES` longest-prefix lookup of the
 /// destination (`action` 0: no route) and is called only when the pod entry
 /// did not settle it. Plain values rather than `Option`s, for the verifier
 /// (see [`Decision`]).
 ///
-/// - Pod side: a learned pod on another veth is switched at L2 when the frame
+/// - Pod side: a known pod on another veth is switched at L2 when the frame
 ///   is addressed to its MAC, routed into it otherwise (the pod sent it to its
 ///   gateway). Then the route: WireGuard/Node/NodeIpip are forwarded; Local
-///   (not learned yet) and no route go on to the bridge and the stack.
-/// - NIC: a learned pod gets it; Local → the bridge; WireGuard → the
+///   (pod unknown) and no route go on to the bridge and the stack.
+/// - NIC: a known pod gets it; Local → the bridge; WireGuard → the
 ///   WireGuard device (a leader forwarding for its location); node routes and
 ///   no route go to the stack (not ours to bounce back out of the NIC).
-/// - WireGuard: a learned pod gets it; Local → the bridge; Node/NodeIpip →
+/// - WireGuard: a known pod gets it; Local → the bridge; Node/NodeIpip →
 ///   out of the NIC (leader → node of its location); WireGuard and no route
 ///   go to the stack.
 ///
@@ -211,18 +211,46 @@ fn decide_ignoring_ttl(
     }
 }
 
-/// Whether `weft_pod_ingress` should (re)write the `WEFT_PODS` entry of a
-/// source it saw (`current`: the entry now, `ifindex` 0 if none): the source
-/// is a plausible pod address, the MAC is unicast, and the entry is missing
-/// or different. The program then also checks that the address is in a Local
-/// route (this node's pod CIDR) before writing, so a pod cannot claim
-/// addresses outside its node's range.
+/// Whether a frame from a pod veth may carry source address `src`:
+/// `owner` is the `WEFT_PODS` entry of `src` (`ifindex` 0: nobody's), which
+/// only user space writes, from what the CNI assigned. The address must
+/// belong to the veth the frame entered by, and the frame's source MAC (for
+/// ARP, the sender MAC as well) to the pod behind it. Everything else —
+/// a neighbour's address, the gateway's, 0.0.0.0, an address the CNI never
+/// gave out — is a forgery: one packet of it would otherwise redirect the
+/// victim's traffic or poison neighbour caches.
+///
+/// Branch-free (one test at the end): a chain of byte comparisons would
+/// multiply the verifier's states on the hot path of every pod packet.
 #[inline(always)]
-pub fn should_learn(ip: [u8; 4], seen: &PodEndpoint, current: &PodEndpoint) -> bool {
-    crate::packet::is_unicast_ipv4(ip)
-        && crate::packet::is_unicast_mac(&seen.mac)
-        && seen.ifindex != 0
-        && (current.ifindex != seen.ifindex || current.mac != seen.mac)
+pub fn owns_source(owner: &PodEndpoint, ingress_ifindex: u32, src_mac: &[u8; 6]) -> bool {
+    let o = &owner.mac;
+    let m = src_mac;
+    let mac_diff = (u32::from_ne_bytes([o[0], o[1], o[2], o[3]])
+        ^ u32::from_ne_bytes([m[0], m[1], m[2], m[3]]))
+        | u32::from(u16::from_ne_bytes([o[4], o[5]]) ^ u16::from_ne_bytes([m[4], m[5]]));
+    // ifindex 0 (no entry) never matches: no packet has ingress ifindex 0 here,
+    // and the `| (ifindex == 0)` term makes sure of it.
+    ((owner.ifindex ^ ingress_ifindex) | mac_diff | u32::from(owner.ifindex == 0)) == 0
+}
+
+/// The verdict on an ARP frame from a pod veth, as [`owns_source`] decides
+/// for IPv4: `sender` is the ARP body's, `owner` the `WEFT_PODS` entry of its
+/// sender IP, `eth_src` the Ethernet source. A probe (sender 0.0.0.0,
+/// RFC 5227) claims no address and poisons no cache, so it passes; any
+/// other sender must be the veth's own address, with the pod's MAC in both
+/// the Ethernet header and the ARP body.
+#[inline(always)]
+pub fn arp_sender_allowed(
+    sender: &crate::packet::ArpFacts,
+    owner: &PodEndpoint,
+    ingress_ifindex: u32,
+    eth_src: &[u8; 6],
+) -> bool {
+    if sender.sender_ip == [0; 4] {
+        return true;
+    }
+    owns_source(owner, ingress_ifindex, eth_src) && sender.sender_mac == *eth_src
 }
 
 #[cfg(test)]
@@ -254,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn pod_side_learned_destination() {
+    fn pod_side_known_destination() {
         let b = PodEndpoint::new(VETH_B, MAC_B);
         let f = facts(VETH_A, MAC_B, 64);
         assert_eq!(
@@ -352,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn nic_and_wireguard_deliver_learned_pods() {
+    fn nic_and_wireguard_deliver_known_pods() {
         let b = PodEndpoint::new(VETH_B, MAC_B);
         for hook in [Hook::Nic, Hook::WireGuard] {
             // dst_mac is irrelevant off the pod side.
@@ -407,30 +435,63 @@ mod tests {
     }
 
     #[test]
-    fn learning_rules() {
-        let ip = [10, 244, 0, 5];
-        let seen = PodEndpoint::new(VETH_A, [2, 0, 0, 0, 0, 5]);
-        assert!(should_learn(ip, &seen, &NOT_LEARNED));
-        assert!(!should_learn(ip, &seen, &seen));
-        assert!(should_learn(ip, &seen, &PodEndpoint::new(VETH_B, seen.mac)));
-        assert!(should_learn(ip, &seen, &PodEndpoint::new(VETH_A, MAC_B)));
-        assert!(!should_learn([0, 0, 0, 0], &seen, &NOT_LEARNED));
-        assert!(!should_learn([255, 255, 255, 255], &seen, &NOT_LEARNED));
-        assert!(!should_learn([224, 0, 0, 251], &seen, &NOT_LEARNED));
-        assert!(!should_learn(
-            ip,
-            &PodEndpoint::new(VETH_A, [0xff; 6]),
-            &NOT_LEARNED
-        ));
-        assert!(!should_learn(
-            ip,
-            &PodEndpoint::new(VETH_A, [0; 6]),
-            &NOT_LEARNED
-        ));
-        assert!(!should_learn(
-            ip,
-            &PodEndpoint::new(0, seen.mac),
-            &NOT_LEARNED
-        ));
+    fn only_the_owner_may_send_from_an_address() {
+        let mac_a = [2, 0, 0, 0, 0, 5];
+        let owner = PodEndpoint::new(VETH_A, mac_a);
+        // (owner entry, ingress veth, source MAC, allowed)
+        let cases = [
+            (owner, VETH_A, mac_a, true),
+            // A neighbour's address, sent from another veth.
+            (owner, VETH_B, mac_a, false),
+            // The right veth, someone else's MAC.
+            (owner, VETH_A, MAC_B, false),
+            // Nobody's address (the gateway's, 0.0.0.0, never assigned).
+            (NOT_LEARNED, VETH_A, mac_a, false),
+            (NOT_LEARNED, 0, [0; 6], false),
+        ];
+        for (i, (o, ingress, mac, want)) in cases.into_iter().enumerate() {
+            assert_eq!(owns_source(&o, ingress, &mac), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn arp_senders() {
+        use crate::packet::ArpFacts;
+        let mac_a = [2, 0, 0, 0, 0, 5];
+        let owner = PodEndpoint::new(VETH_A, mac_a);
+        let arp = |sender_ip, sender_mac| ArpFacts {
+            op: 1,
+            sender_mac,
+            sender_ip,
+            target_ip: [10, 244, 0, 1],
+        };
+        let own = [10, 244, 0, 5];
+        // (ARP body, owner of its sender IP, ingress veth, Ethernet source, allowed)
+        let cases = [
+            (arp(own, mac_a), owner, VETH_A, mac_a, true),
+            // Probe: claims nothing.
+            (arp([0; 4], mac_a), NOT_LEARNED, VETH_A, mac_a, true),
+            // Gratuitous ARP for a neighbour's address.
+            (arp(own, mac_a), owner, VETH_B, mac_a, false),
+            // For the gateway's (nobody's) address.
+            (
+                arp([10, 244, 0, 1], mac_a),
+                NOT_LEARNED,
+                VETH_A,
+                mac_a,
+                false,
+            ),
+            // Own address, another MAC in the body (what neighbours would cache).
+            (arp(own, MAC_B), owner, VETH_A, mac_a, false),
+            // Own address, another MAC in the Ethernet header.
+            (arp(own, mac_a), owner, VETH_A, MAC_B, false),
+        ];
+        for (i, (a, o, ingress, eth_src, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                arp_sender_allowed(&a, &o, ingress, &eth_src),
+                want,
+                "case {i}"
+            );
+        }
     }
 }

@@ -24,12 +24,14 @@ use weft_common::{
 #[map]
 pub static WEFT_ROUTES: LpmTrie<[u8; 4], Route> = LpmTrie::pinned(ROUTES_MAX_ENTRIES, 0);
 
-/// `WEFT_PODS`: LRU hash, key `[u8; 4]` pod IP → [`PodEndpoint`] (host-side veth,
-/// pod MAC). Written by `weft_pod_ingress`, which learns the source of what each
-/// local pod sends (IPv4 and ARP); read by all tc programs to deliver with
-/// `bpf_redirect_peer`. The agent may delete entries of pods that are gone.
+/// `WEFT_PODS`: hash, key `[u8; 4]` pod IP → [`PodEndpoint`] (host-side veth,
+/// pod MAC). Written only by user space, from what the CNI assigned: the
+/// `weft-cni` plugin at ADD/DEL and the agent from its pod records. Never
+/// written by packets, so a pod cannot claim an address. Read by all tc
+/// programs to deliver with `bpf_redirect_peer`, and by `weft_pod_ingress`
+/// to drop what a pod sends from an address that is not its own.
 #[map]
-pub static WEFT_PODS: LruHashMap<[u8; 4], PodEndpoint> = LruHashMap::pinned(PODS_MAX_ENTRIES, 0);
+pub static WEFT_PODS: HashMap<[u8; 4], PodEndpoint> = HashMap::pinned(PODS_MAX_ENTRIES, 0);
 
 /// `WEFT_IPIP_SENDERS`: hash, key `[u8; 4]` private IP of a node of this location
 /// (the outer source) → [`IpipSender`] (the NIC the route to it points to, and
@@ -135,13 +137,7 @@ pub fn lookup_route(dst: [u8; 4]) -> Route {
     }
 }
 
-/// Whether `ip` falls in a Local route (this node's pod CIDR).
-#[inline(always)]
-pub fn is_local_pod_ip(ip: [u8; 4]) -> bool {
-    matches!(lookup_route(ip).kind(), Some(RouteAction::Local))
-}
-
-/// The learned endpoint of pod `ip`, copied out of the map; `ifindex` 0 if none.
+/// The endpoint of pod `ip`, copied out of the map; `ifindex` 0 if none.
 #[inline(always)]
 pub fn lookup_pod(ip: [u8; 4]) -> PodEndpoint {
     match WEFT_PODS.get_ptr(ip) {
@@ -152,14 +148,16 @@ pub fn lookup_pod(ip: [u8; 4]) -> PodEndpoint {
     }
 }
 
-/// Records pod `ip` at `seen` if new or changed and in this node's pod CIDR.
-/// Returns whether the map was written.
+/// Whether `ip` belongs to the pod behind `ingress_ifindex` with MAC `mac`
+/// ([`weft_common::route::owns_source`]), read in place: one lookup, no
+/// copy shared with [`lookup_pod`] for LLVM to merge the two through.
 #[inline(always)]
-pub fn learn_pod(ip: [u8; 4], seen: PodEndpoint) -> bool {
-    if !weft_common::route::should_learn(ip, &seen, &lookup_pod(ip)) || !is_local_pod_ip(ip) {
-        return false;
+pub fn pod_owns(ip: [u8; 4], ingress_ifindex: u32, mac: &[u8; 6]) -> bool {
+    match WEFT_PODS.get_ptr(ip) {
+        // SAFETY: the pointer comes from a successful lookup; the value is plain data.
+        Some(p) => weft_common::route::owns_source(unsafe { &*p }, ingress_ifindex, mac),
+        None => false,
     }
-    WEFT_PODS.insert(ip, seen, 0).is_ok()
 }
 
 /// The `WEFT_IPIP_SENDERS` entry of `ip`, copied out; `ifindex` 0 if none.

@@ -11,7 +11,7 @@
 //!   translated back first ([`crate::nat::reverse`]), then routed as below.
 //! - A reply to a pod's Service connection (not one of Weft's NAT flows):
 //!   to the stack, whose conntrack undoes kube-proxy's DNAT ([`crate::svc`]).
-//! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (learned pod →
+//! - IPv4: [`weft_common::route::decide`] with [`Hook::Nic`] (known pod →
 //!   `bpf_redirect_peer`, Local → the bridge, WireGuard → the WireGuard
 //!   device, node routes and the rest → the stack). Plain IPv4 (not
 //!   decapsulated) that would be forwarded must have a source

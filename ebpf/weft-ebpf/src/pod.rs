@@ -3,28 +3,31 @@
 //!
 //! Catching pod traffic on the veths rather than on the bridge lets
 //! same-node pod-to-pod frames skip the bridge and br_netfilter (iptables
-//! FORWARD), and tells us which veth and MAC each pod IP lives behind.
+//! FORWARD), and is where a pod's identity is enforced: `WEFT_PODS` (written
+//! by user space from what the CNI assigned, never by packets) says which
+//! veth and MAC each pod IP belongs to.
 //!
-//! - ARP and IPv4: learn the sender into `WEFT_PODS` (when new or changed).
-//! - Not IPv4: [`PASS`](crate::fwd::PASS).
-//! - IPv4: [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
-//!   [`crate::fwd::execute`]; without a route (leaving the cluster), masqueraded
-//!   by [`crate::nat`] unless exempt.
+//! - ARP: dropped ([`Counter::DropSpoofedArp`]) unless the sender is the
+//!   veth's own address and MAC, or a probe (sender 0.0.0.0); then passed.
+//! - Other non-IPv4 (IPv6, ...): [`PASS`](crate::fwd::PASS).
+//! - IPv4: dropped ([`Counter::DropSpoofedSource`]) unless the source is the
+//!   veth's own address and MAC — one hash lookup. Then
+//!   [`weft_common::route::decide`] with [`Hook::Pod`], carried out by
+//!   [`crate::fwd::execute`]; without a route (leaving the cluster),
+//!   masqueraded by [`crate::nat`] unless exempt.
 //! - To a service CIDR: to the stack, the client's socket recorded; into a
 //!   local pod but a reply to such a socket: to the stack ([`crate::svc`]).
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
-use aya_log_ebpf::debug;
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use weft_common::{
     counters::Counter,
-    maps::PodEndpoint,
     packet::{ARP_IPV4_LEN, ArpFacts, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthFacts, Ipv4Facts},
-    route::{Action, Hook, PacketFacts, decide},
+    route::{Action, Hook, PacketFacts, arp_sender_allowed, decide},
 };
 
 use crate::{
     fwd::{EthIpv4, PASS, execute, ingress_ifindex, tc_ptr},
-    maps::{count, learn_pod, lookup_pod, lookup_route},
+    maps::{count, lookup_pod, lookup_route, pod_owns},
     nat::{self, Outcome},
     svc,
 };
@@ -51,11 +54,7 @@ pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
     };
     match eth.ethertype {
         ETH_P_IP => ipv4(&ctx, &eth, len),
-        ETH_P_ARP => {
-            learn_from_arp(&ctx);
-            count(Counter::PassNotIpv4, len);
-            PASS
-        }
+        ETH_P_ARP => arp(&ctx, &eth, len),
         _ => {
             count(Counter::PassNotIpv4, len);
             PASS
@@ -75,7 +74,10 @@ fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
         return PASS;
     };
     let ifindex = ingress_ifindex(ctx);
-    learn(ctx, ip.src, PodEndpoint::new(ifindex, eth.src));
+    if !pod_owns(ip.src, ifindex, &eth.src) {
+        count(Counter::DropSpoofedSource, len);
+        return TC_ACT_SHOT;
+    }
     let facts = PacketFacts {
         ingress_ifindex: ifindex,
         dst_mac: eth.dst,
@@ -110,29 +112,23 @@ fn ipv4(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
     execute(ctx, &d, &ip, eth.dst)
 }
 
+/// ARP claims addresses: a forged sender would make the bridge's
+/// neighbours (the node, other pods) send the victim's traffic here.
 #[inline(always)]
-fn learn_from_arp(ctx: &TcContext) {
-    let Some(p) = tc_ptr::<EthArp>(ctx, 0) else {
-        return;
+fn arp(ctx: &TcContext, eth: &EthFacts, len: u32) -> i32 {
+    let body = tc_ptr::<EthArp>(ctx, 0)
+        // SAFETY: bounds checked by tc_ptr; read-only copy of the ARP fields.
+        .and_then(|p| ArpFacts::parse(unsafe { &(*p).arp }).ok());
+    let Some(a) = body else {
+        // Not Ethernet/IPv4 ARP (or truncated): no IPv4 neighbour learns from it.
+        count(Counter::PassNotIpv4, len);
+        return PASS;
     };
-    // SAFETY: bounds checked by tc_ptr; read-only copy of the ARP fields.
-    let Ok(arp) = ArpFacts::parse(unsafe { &(*p).arp }) else {
-        return;
-    };
-    learn(
-        ctx,
-        arp.sender_ip,
-        PodEndpoint::new(ingress_ifindex(ctx), arp.sender_mac),
-    );
-}
-
-#[inline(always)]
-fn learn(ctx: &TcContext, ip: [u8; 4], seen: PodEndpoint) {
-    if learn_pod(ip, seen) {
-        count(Counter::PodLearned, ctx.len());
-        debug!(
-            ctx,
-            "weft: pod {:i} at ifindex {} mac {:mac}", ip, seen.ifindex, seen.mac
-        );
+    let ifindex = ingress_ifindex(ctx);
+    if !arp_sender_allowed(&a, &lookup_pod(a.sender_ip), ifindex, &eth.src) {
+        count(Counter::DropSpoofedArp, len);
+        return TC_ACT_SHOT;
     }
+    count(Counter::PassNotIpv4, len);
+    PASS
 }

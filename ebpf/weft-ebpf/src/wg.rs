@@ -4,7 +4,7 @@
 //! - Not IPv4: [`PASS`](crate::fwd::PASS).
 //! - IPv4: [`weft_common::route::decide`] with [`Hook::WireGuard`]. Anything
 //!   forwarded first gets an Ethernet header (`bpf_skb_change_head`), which
-//!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then learned
+//!   `bpf_redirect_neigh` requires and the pod's eth0 expects; then known
 //!   pod → `bpf_redirect_peer`, Local → the bridge, Node/NodeIpip → out of the
 //!   NIC (to the stack if it does not fit the NIC's MTU), WireGuard and no
 //!   route → the stack, except what an external peer

@@ -125,6 +125,11 @@ impl Namespace {
         }
     }
 
+    /// The test bed this namespace belongs to.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The network namespace's name (`ip netns list`, `ip -n NAME`).
     pub fn netns(&self) -> &str {
         &self.netns

@@ -9,7 +9,7 @@
 //!     node a1          node a2            node g1      .200 (-ext)     .201 (-laptop)
 //!     eth0 192.168.1.10 eth0 .11          eth0 192.168.2.10
 //!          └── LAN aws ───┘               └── LAN gcp       ns <prefix>-lan-<loc>, bridge br0
-//!     cni0 10.42.0.1/24 ── vp0 ─ pod eth0 10.42.0.2, vp1 ─ pod 10.42.0.3, ...
+//!     cni0 10.42.0.1/24 ── veth… ─ pod eth0 10.42.0.2, veth… ─ pod 10.42.0.3, ...
 //! ```
 //!
 //! - Location `l` (0-based) is LAN 192.168.(l+1).0/24; its node `i` has the
@@ -18,7 +18,11 @@
 //!   198.18.0.(10+g) on `eth1` (default route via 198.18.0.1, which does not
 //!   forward), pod CIDR 10.42.g.0/24 on the bridge `cni0` (gateway .1), and
 //!   pods .2, .3, ... each in its own namespace (`eth0`, default via the
-//!   gateway; node side `vp<j>`). So locations reach each other only through
+//!   gateway). Pods are made as a container runtime makes them: the real CNI
+//!   plugins (`bridge` + `host-local`, `weft-cni`, `portmap`; `loopback`
+//!   for `lo`) run with the conflist Weft writes, see [`cni`]; the host end
+//!   of a pod's veth is named by the bridge plugin ([`Pod::host_veth`]).
+//!   host-local's state (`/var/lib/cni`) is private per node. So locations reach each other only through
 //!   public addresses, and nothing reaches a pod of another node until the
 //!   agent makes it so.
 //! - The external host (198.18.0.200) has no route to any pod CIDR; the laptop
@@ -31,11 +35,13 @@
 //! `<prefix>-inet`, `-ext`, `-laptop`, `-k8s`, `-lan-<location>`, `-node-<node>`,
 //! `-pod-<node>-<j>`; directories `/run/weft-testbed/<prefix>/nodes/<node>/`
 //! (`state/`, `cni/`, `log/`, `run-wireguard/` on the node's /run/wireguard,
-//! `bpffs/` a bpffs on its /sys/fs/bpf), `hosts/laptop/` and `hosts/k8s/`. Devices are
+//! `bpffs/` a bpffs on its /sys/fs/bpf, `var-lib-cni/` on its /var/lib/cni,
+//! `cni-results/` the pods' ADD results for their DEL), `hosts/laptop/` and `hosts/k8s/`. Devices are
 //! created inside the namespaces, never in the host's.
 //!
 //! Teardown (on `teardown()`, on drop, on panic, on SIGINT/SIGTERM/SIGHUP)
-//! stops every process in the namespaces, deletes them, unmounts and removes
+//! runs CNI DEL for every pod (not from a signal or panic hook: what DEL
+//! would remove lives in the namespaces and directories removed anyway), stops every process in the namespaces, deletes them, unmounts and removes
 //! the directory. A run killed with -9 is cleaned by [`sweep_stale`] from
 //! its journal `/run/weft-testbed/<prefix>/owner.json`.
 //!
@@ -61,6 +67,7 @@
 //! ```
 
 mod cleanup;
+pub mod cni;
 mod exec;
 mod hold;
 mod kube_proxy;
@@ -88,6 +95,8 @@ pub const PRIVATE_NIC: &str = "eth0";
 pub const PUBLIC_NIC: &str = "eth1";
 /// The node's pod bridge.
 pub const POD_BRIDGE: &str = "cni0";
+/// host-local's state directory (bound per node).
+const VAR_LIB_CNI: &str = "/var/lib/cni";
 /// A pod's NIC, and the external host's and the laptop's.
 pub const POD_NIC: &str = "eth0";
 /// The internet namespace's address (the nodes' default gateway).
@@ -283,18 +292,31 @@ pub struct Node {
     pub bpffs_dir: PathBuf,
     /// `<dir>/log`: logs of `spawn_logged` daemons.
     pub log_dir: PathBuf,
+    /// The conflist Weft writes for this node and where the plugins are.
+    pub cni: cni::CniConfig,
+    /// `<dir>/cni-results`: each pod's ADD result, for its DEL.
+    cni_results_dir: PathBuf,
+    /// `ClusterSpec::forwarding`, restored after the bridge plugin turns it on.
+    forwarding: bool,
     ns: Namespace,
 }
 
-/// A pod: `eth0` with `ip`, default route via its node's gateway.
+/// A pod: `eth0` with `ip`, default route via its node's gateway, made by
+/// CNI ADD.
 #[derive(Clone, Debug)]
 pub struct Pod {
     /// `<node>-pod<j>`.
     pub name: String,
     pub node: String,
     pub netns: String,
+    /// `CNI_CONTAINERID`: `<prefix>-<node>-<j>`.
+    pub container_id: String,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// The node-side end of its veth, as the bridge plugin named it.
+    pub host_veth: String,
+    /// Its `eth0`'s MAC (`aa:bb:..`).
+    pub mac: String,
     ns: Namespace,
 }
 
@@ -414,18 +436,126 @@ impl Cluster {
         self.nodes.iter().flat_map(|n| n.pods.iter())
     }
 
-    /// Removes everything (processes, namespaces, mounts, directory);
-    /// idempotent, also done on drop.
+    /// Removes everything (CNI DEL of every pod, then processes,
+    /// namespaces, mounts, directory); idempotent, also done on drop.
     pub fn teardown(&self) -> Result<()> {
-        self.shared.teardown()
+        let mut errors = Vec::new();
+        for n in &self.nodes {
+            if let Err(e) = n.delete_all_pods() {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        self.shared.teardown()?;
+        ensure!(errors.is_empty(), "CNI DEL: {}", errors.join("; "));
+        Ok(())
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Err(e) = self.shared.teardown() {
+        if let Err(e) = self.teardown() {
             eprintln!("==> {e:#}");
         }
+    }
+}
+
+/// What a pod's DEL needs, saved at ADD.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPod {
+    netns: String,
+    result: serde_json::Value,
+}
+
+impl Node {
+    /// Creates pod `j` as a container runtime does: a network namespace
+    /// `<prefix>-pod-<node>-<j>`, then CNI ADD with the node's conflist
+    /// (host-local hands out addresses from .2 in order). Any number not
+    /// used yet on this node.
+    pub fn add_pod(&self, j: usize) -> Result<Pod> {
+        let shared = self.ns.shared();
+        let pod_ns = format!("{}-pod-{}-{j}", shared.prefix, self.name);
+        let container_id = format!("{}-{}-{j}", shared.prefix, self.name);
+        let n = pod_ns.clone();
+        shared.step(
+            |jr| jr.netns.push(n),
+            || output(Command::new("ip").args(["netns", "add", &pod_ns])).map(drop),
+        )?;
+        let net = shared
+            .step(|_| {}, || self.cni.add(&self.ns, &container_id, &pod_ns))
+            .with_context(|| format!("CNI ADD of pod {j} on {}", self.name))?;
+        let saved = SavedPod {
+            netns: pod_ns.clone(),
+            result: net.result.clone(),
+        };
+        let path = self.cni_results_dir.join(format!("{container_id}.json"));
+        std::fs::write(&path, serde_json::to_vec(&saved)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if !self.forwarding {
+            // The bridge plugin (isGateway) turns forwarding on; the spec says off.
+            output(
+                self.ns
+                    .cmd("sysctl")
+                    .args(["-q", "-w", "net.ipv4.ip_forward=0"]),
+            )?;
+        }
+        let pod_name = format!("{}-pod{j}", self.name);
+        Ok(Pod {
+            ns: Namespace::new(
+                shared,
+                &pod_ns,
+                &format!("pod {pod_name}"),
+                self.log_dir.join(&pod_name),
+                &[],
+            ),
+            name: pod_name,
+            node: self.name.clone(),
+            netns: pod_ns,
+            container_id,
+            ip: net.ip,
+            gateway: self.gateway,
+            host_veth: net.host_veth,
+            mac: net.mac,
+        })
+    }
+
+    /// CNI DEL of `pod`, then its namespace goes, as a runtime removes a pod.
+    pub fn delete_pod(&self, pod: &Pod) -> Result<()> {
+        self.delete_saved(&pod.container_id)
+    }
+
+    fn delete_saved(&self, container_id: &str) -> Result<()> {
+        let path = self.cni_results_dir.join(format!("{container_id}.json"));
+        let saved: SavedPod = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        self.cni
+            .del(&self.ns, container_id, &saved.netns, Some(&saved.result))
+            .with_context(|| format!("CNI DEL of {container_id} on {}", self.name))?;
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        output(Command::new("ip").args(["netns", "del", &saved.netns]))?;
+        Ok(())
+    }
+
+    /// CNI DEL of every pod still there (teardown).
+    fn delete_all_pods(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.cni_results_dir) {
+            Ok(e) => e,
+            // Torn down already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).context("listing the pods' CNI results"),
+        };
+        let mut errors = Vec::new();
+        for e in entries {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json")
+                && let Err(e) = self.delete_saved(id)
+            {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        ensure!(errors.is_empty(), "{}", errors.join("; "));
+        Ok(())
     }
 }
 
@@ -534,8 +664,10 @@ impl Builder<'_> {
                 ""
             }
         ));
-        // Mount point of the per-node binds; wireguard-go creates it anyway.
+        // Mount points of the per-node binds; wireguard-go creates the first
+        // anyway, host-local the second.
         std::fs::create_dir_all("/run/wireguard").context("creating /run/wireguard")?;
+        std::fs::create_dir_all(VAR_LIB_CNI).context("creating /var/lib/cni")?;
 
         step("creating the internet 198.18.0.0/24, the external host .200");
         let inet = self.ns_name("inet");
@@ -683,12 +815,15 @@ impl Builder<'_> {
             dir.join("bpffs"),
             dir.join("log"),
         );
+        let (var_lib_cni, cni_results_dir) = (dir.join("var-lib-cni"), dir.join("cni-results"));
         self.mkdirs(&[
             &state_dir,
             &run_wireguard_dir,
             &cni_dir,
             &bpffs_dir,
             &log_dir,
+            &var_lib_cni,
+            &cni_results_dir,
         ])?;
         let b = bpffs_dir.clone();
         self.shared.step(
@@ -715,6 +850,8 @@ impl Builder<'_> {
             &[
                 (&bpffs_dir, Path::new("/sys/fs/bpf")),
                 (&run_wireguard_dir, Path::new("/run/wireguard")),
+                // host-local's leases: per node, so each allocates from .2.
+                (&var_lib_cni, Path::new(VAR_LIB_CNI)),
             ],
         );
         self.sysctl(
@@ -754,50 +891,6 @@ impl Builder<'_> {
         )?;
         self.bridge(&netns, POD_BRIDGE, Some(&format!("{gateway}/24")))?;
 
-        let mut pods = Vec::new();
-        for j in 0..self.spec.pods_per_node {
-            let pod_ns = self.ns_name(&format!("pod-{name}-{j}"));
-            let ip = Ipv4Addr::new(10, 42, g as u8, 2 + j as u8);
-            let vp = format!("vp{j}");
-            self.add_netns(&pod_ns)?;
-            self.ip_in(
-                &netns,
-                &[
-                    "link", "add", &vp, "type", "veth", "peer", "name", POD_NIC, "netns", &pod_ns,
-                ],
-            )?;
-            if let Some(mtu) = self.spec.pod_mtu {
-                let mtu = mtu.to_string();
-                self.ip_in(&netns, &["link", "set", &vp, "mtu", &mtu])?;
-                self.ip_in(&pod_ns, &["link", "set", POD_NIC, "mtu", &mtu])?;
-            }
-            self.ip_in(&netns, &["link", "set", &vp, "master", POD_BRIDGE, "up"])?;
-            self.ip_in(
-                &pod_ns,
-                &["addr", "add", &format!("{ip}/24"), "dev", POD_NIC],
-            )?;
-            self.ip_in(&pod_ns, &["link", "set", POD_NIC, "up"])?;
-            self.ip_in(
-                &pod_ns,
-                &["route", "add", "default", "via", &gateway.to_string()],
-            )?;
-            let pod_name = format!("{name}-pod{j}");
-            pods.push(Pod {
-                ns: Namespace::new(
-                    self.shared,
-                    &pod_ns,
-                    &format!("pod {pod_name}"),
-                    log_dir.join(&pod_name),
-                    &[],
-                ),
-                name: pod_name,
-                node: name.to_owned(),
-                netns: pod_ns,
-                ip,
-                gateway,
-            });
-        }
-
         if self.spec.forward_drop {
             self.shared.step(
                 |_| {},
@@ -805,7 +898,14 @@ impl Builder<'_> {
             )?;
         }
 
-        Ok(Node {
+        let cni = cni::CniConfig::from_weft(
+            &cni::weft_bin_dir(),
+            pod_cidr,
+            POD_BRIDGE,
+            self.spec.pod_mtu.unwrap_or(1500),
+            &state_dir,
+        )?;
+        let mut node = Node {
             name: name.to_owned(),
             location: location.to_owned(),
             index: g,
@@ -815,14 +915,28 @@ impl Builder<'_> {
             public_ip,
             pod_cidr,
             gateway,
-            pods,
+            pods: Vec::new(),
             dir,
             state_dir,
             run_wireguard_dir,
             cni_dir,
             bpffs_dir,
             log_dir,
+            cni,
+            cni_results_dir,
+            forwarding: self.spec.forwarding,
             ns,
-        })
+        };
+        for j in 0..self.spec.pods_per_node {
+            let pod = node.add_pod(j)?;
+            let want = Ipv4Addr::new(10, 42, g as u8, 2 + j as u8);
+            ensure!(
+                pod.ip == want,
+                "host-local gave pod {j} of {name} {}, not {want}",
+                pod.ip
+            );
+            node.pods.push(pod);
+        }
+        Ok(node)
     }
 }
