@@ -1173,6 +1173,7 @@ fn in_netns_with_veth<T: Send + 'static>(mtu: u32, f: impl FnOnce(u32) -> T + Se
 fn forwarding_redirects_that_exceed_the_egress_mtu_go_to_the_stack() {
     in_netns_with_veth(1500, |dev| {
         let mut dp = Datapath::load().with_topology(true);
+        dp.add_pod(POD_A, endpoint(VETH_A, MAC_A));
         dp.add_route([10, 244, 2, 0], 24, Route::node_ipip(dev, PEER, ME));
         dp.add_route([10, 244, 3, 0], 24, Route::node(dev, PEER));
         dp.add_route([10, 244, 9, 0], 24, Route::wireguard(dev));

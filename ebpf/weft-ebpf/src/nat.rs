@@ -44,7 +44,11 @@ use crate::{
 /// `AF_INET` for `bpf_fib_lookup`.
 const AF_INET: u8 = 2;
 /// Ports tried for a new flow (its own, then pseudo-random ones of the range).
-const PORT_ATTEMPTS: u32 = 32;
+/// 16, not more: the verifier walks every attempt on every path into
+/// masquerade, and with the pod program's other checks 32 went past its
+/// 1M-instruction limit. All 16 taken means a range nearly full, which
+/// `nat_alloc_failed` shows.
+const PORT_ATTEMPTS: u32 = 16;
 /// Offset of the L4 header behind Ethernet and an option-less IPv4 header.
 const L4: usize = ETH_HLEN + IPV4_HLEN;
 
