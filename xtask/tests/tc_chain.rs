@@ -229,7 +229,7 @@ fn a_program_attached_after_weft_sees_what_weft_passes() {
     mesh.wait_full_connectivity(Duration::from_secs(90))
         .unwrap();
     let a1 = cluster.node("aws-1");
-    let veth = Foreign::attach(a1, "vp0");
+    let veth = Foreign::attach(a1, &a1.pods[0].host_veth);
     let nic = Foreign::attach(a1, PRIVATE_NIC);
     assert_eq!(a1.pods[0].gateway, Ipv4Addr::new(10, 42, 0, 1));
     check(&cluster, &veth, &nic, "agents running");
