@@ -10,8 +10,8 @@ use weft_common::{
     counters::{COUNTER_SLOTS, Counter, CounterValue},
     maps::{
         IPIP_SENDERS_MAX_ENTRIES, IpipSender, NIC_SOURCES_MAX_ENTRIES, PODS_MAX_ENTRIES,
-        PodEndpoint, ROUTES_MAX_ENTRIES, Route, RouteAction, SENDER_SOURCE_KEY_LEN,
-        SENDER_SOURCES_MAX_ENTRIES, sender_source_data,
+        PodEndpoint, ROUTES_MAX_ENTRIES, Route, SENDER_SOURCE_KEY_LEN, SENDER_SOURCES_MAX_ENTRIES,
+        sender_source_data,
     },
     nat::{FlowKey, MASQ_PREFIXES_MAX_ENTRIES, NAT_MAX_ENTRIES, NatConfig, NatEgress, NatIngress},
     svc::{ClientEntry, ClientKey, SERVICE_CIDRS_MAX_ENTRIES, SERVICE_CLIENTS_MAX_ENTRIES},
