@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use weft_common::counters::Counter;
-use xtask::mesh::{Mesh, MeshOptions};
+use xtask::mesh::{Mesh, MeshOptions, fake_key, fake_node_yaml};
 use xtask::testbed::{Cluster, Node, Pod};
 
 // ---------------------------------------------------------------- test bed
@@ -81,13 +81,6 @@ fn write_atomic(path: &Path, contents: &str) {
     ));
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 // ---------------------------------------------------------------- counters
@@ -954,55 +947,9 @@ impl ContinuousPing {
     }
 }
 
-/// A node file for a node without an agent: key, endpoint, pod CIDR, fresh
-/// last-seen, in `location`, with extra annotations.
-fn fake_node_yaml(
-    name: &str,
-    location: &str,
-    key: &str,
-    endpoint: &str,
-    pod_cidr: &str,
-    extra: &[(&str, &str)],
-) -> String {
-    let mut s = format!(
-        "name: {name}\npodCIDR: {pod_cidr}\nlabels:\n  topology.kubernetes.io/region: {location}\n\
-         annotations:\n  weft.dev/key: \"{key}\"\n  weft.dev/endpoint: \"{endpoint}\"\n  \
-         weft.dev/last-seen: \"{}\"\n",
-        unix_now()
-    );
-    for (k, v) in extra {
-        s.push_str(&format!("  weft.dev/{k}: {v:?}\n"));
-    }
-    s
-}
-
 /// A peer file.
 fn peer_yaml(name: &str, key: &str, allowed: &str) -> String {
     format!("name: {name}\nspec:\n  allowedIPs: [\"{allowed}\"]\n  publicKey: \"{key}\"\n")
-}
-
-/// A WireGuard public key made of `seed` (any 32 bytes are a key to WireGuard).
-fn fake_key(seed: u32) -> String {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bytes = [0x5au8; 32];
-    bytes[..4].copy_from_slice(&seed.to_be_bytes());
-    bytes[4..8].copy_from_slice(b"weft");
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    while !out.len().is_multiple_of(4) {
-        out.push('=');
-    }
-    out
 }
 
 /// `wg show weft0 DUMP` on `node`'s line for `key`, if it has that peer:
