@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{DumpOnPanic, bin_dir, wait_for, xtask_bin};
+use common::{DumpOnPanic, bin_dir, send_raw, wait_for, xtask_bin};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -149,50 +149,6 @@ fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
     let mut p = ipv4_header(outer_src, outer_dst, 4, inner.len());
     p.extend(inner);
     p
-}
-
-/// Sends whole IPv4 packets from a raw socket inside the namespace `netns`.
-fn send_raw(netns: &str, packets: &[Vec<u8>]) {
-    let path = Path::new("/run/netns").join(netns);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            // SAFETY: a socket this thread owns; every pointer passed is valid for the
-            // length passed with it.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                for p in packets {
-                    let sin = libc::sockaddr_in {
-                        sin_family: libc::AF_INET as libc::sa_family_t,
-                        sin_port: 0,
-                        sin_addr: libc::in_addr {
-                            s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
-                        },
-                        sin_zero: [0; 8],
-                    };
-                    let n = libc::sendto(
-                        fd,
-                        p.as_ptr().cast(),
-                        p.len(),
-                        0,
-                        (&sin as *const libc::sockaddr_in).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    );
-                    assert_eq!(
-                        n,
-                        p.len() as isize,
-                        "sendto: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-                libc::close(fd);
-            }
-        })
-        .join()
-        .unwrap()
-    });
 }
 
 // ---------------------------------------------------------------- probes
