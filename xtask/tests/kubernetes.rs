@@ -297,6 +297,7 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
     let dst = cluster.node("gcp-2").pods[0].ip;
     let ping = common::Pinger::start(src, dst);
 
+    ping.mark("stopping the API server");
     cp.stop_apiserver().unwrap();
     let down = std::time::Instant::now();
     wait_for("every agent to report stale data", WAIT, || {
@@ -319,7 +320,9 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
         mesh.metric("aws-1", "weft_ready_nodes ") == Some(4.0),
         "nodes dropped out of the mesh during the outage"
     );
+    ping.mark("starting the API server");
     cp.start_apiserver().unwrap();
+    ping.mark("API server started");
     wait_for("every agent to be fresh again", WAIT, || {
         cluster
             .nodes
@@ -327,6 +330,7 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
             .all(|n| mesh.metric(&n.name, "weft_backend_stale ") == Some(0.0))
             .then_some(())
     });
+    ping.mark("every agent fresh again; annotating gcp-2");
     // They follow changes again: a new allowed-location range of gcp.
     let range = "10.99.0.0/24";
     cp.kubectl(&[
@@ -346,7 +350,9 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
     });
 
     // Compaction: the watches resume from a compacted revision and get 410 Gone.
+    ping.mark("aws-1 routes the range; compacting etcd");
     cp.compact_etcd().unwrap();
+    ping.mark("compacted; removing the annotation");
     cp.kubectl(&[
         "annotate",
         "node",
@@ -357,6 +363,7 @@ fn api_server_outage_and_compaction_drop_no_traffic() {
     wait_for("aws-1 to drop the range after the compaction", WAIT, || {
         (!wg_show(&cluster, "aws-1", "allowed-ips").contains(range)).then_some(())
     });
+    ping.mark("aws-1 dropped the range");
     let logs: String = cluster
         .nodes
         .iter()

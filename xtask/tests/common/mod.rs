@@ -38,6 +38,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// A ping every 50 ms from a pod, whose losses are checked at the end.
 pub struct Pinger {
     ping: xtask::testbed::Daemon,
+    started: Instant,
 }
 
 impl Pinger {
@@ -52,8 +53,20 @@ impl Pinger {
                 "ping",
             )
             .unwrap();
+        let started = Instant::now();
         std::thread::sleep(Duration::from_secs(2));
-        Pinger { ping }
+        Pinger { ping, started }
+    }
+
+    /// Prints what the test does now with the ping's clock, so that a loss's
+    /// icmp_seq can be matched to the step that caused it.
+    pub fn mark(&self, what: &str) {
+        let t = self.started.elapsed();
+        eprintln!(
+            "    at {:.1} s of ping (icmp_seq ~{}): {what}",
+            t.as_secs_f64(),
+            t.as_millis() / 50
+        );
     }
 
     /// Stops the ping and fails unless every request before the last
@@ -183,13 +196,25 @@ pub fn dump(mesh: &xtask::mesh::Mesh) {
     }
 }
 
-/// Dumps (see [`dump`]) when dropped during a panic: a failing test leaves
-/// its agents' logs behind with `WEFT_DEBUG_DUMP` set.
+/// When dropped during a panic: prints the end of every agent's log to
+/// stderr (what a CI log needs to tell why), and [`dump`]s.
 pub struct DumpOnPanic<'m, 'c>(pub &'m xtask::mesh::Mesh<'c>);
+
+/// How many lines of each agent's log a failing test prints.
+const LOG_TAIL_LINES: usize = 150;
 
 impl Drop for DumpOnPanic<'_, '_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            for n in &self.0.cluster.nodes {
+                if let Some(d) = self.0.try_agent(&n.name) {
+                    eprintln!(
+                        "==> the last {LOG_TAIL_LINES} lines of {}'s agent log:\n{}",
+                        n.name,
+                        xtask::mesh::tail(&d.read_log(), LOG_TAIL_LINES)
+                    );
+                }
+            }
             dump(self.0);
         }
     }
