@@ -25,8 +25,8 @@ use crate::datapath::{Datapath, Hook, maps};
 use crate::keys::KeyPair;
 use crate::model::annotations::{self as a, weft};
 use crate::model::{
-    Encapsulate, Granularity, Node, NodeObject, PublicKey, Refusal, RefusalKind, Refusals,
-    Settings, SystemResolver, parse_nodes, parse_peers,
+    Encapsulate, Granularity, Node, NodeObject, Peer, PublicKey, Refusal, RefusalKind, Refusals,
+    Settings, parse_nodes, parse_peers,
 };
 use crate::routes::{DesiredRoute, LinkRef, RouteVia, Routes};
 use crate::topology::{Mesh, PeerOrigin, RouteKind, Topology, Warning};
@@ -105,6 +105,10 @@ pub struct Config {
     /// How often to re-check everything and refresh `last-seen` (e.g. 30s, 2s, 500ms).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub resync_period: Duration,
+    /// How often DNS names in endpoints are looked up again (off the event path: a backend
+    /// event uses the last answer).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub dns_refresh_period: Duration,
     /// On SIGTERM/SIGINT remove everything weft set up (WireGuard device, routes, eBPF programs,
     /// links and pins). With false, the device and the pinned datapath keep forwarding after exit
     /// and the next agent adopts them: what a DaemonSet wants, so that a rolling update drops no
@@ -276,6 +280,50 @@ struct Agent<B: Backend> {
     nat_timeouts: weft_common::nat::Timeouts,
     /// The device masquerade's FIB lookups are made from (0: the packet's own).
     fib_ifindex: u32,
+    /// Endpoint names' addresses, looked up off the runtime threads.
+    dns: crate::dns::DnsCache,
+    /// What the mesh of the last reconcile that applied cleanly was computed from.
+    applied: Option<MeshInputs>,
+}
+
+/// What [`Mesh::build`] computes from, with what every check-in changes
+/// (`last-seen`, `wireguard-alive`) reduced to what the mesh uses of it:
+/// whether the node is ready, and who is passed over as leader.
+#[derive(PartialEq)]
+struct MeshInputs {
+    nodes: Vec<(Node, bool)>,
+    peers: Vec<Peer>,
+    settings: Settings,
+    demoted: BTreeSet<String>,
+}
+
+impl MeshInputs {
+    fn new(
+        nodes: &[Node],
+        peers: &[Peer],
+        settings: &Settings,
+        now: i64,
+        demoted: &BTreeSet<String>,
+    ) -> Self {
+        let nodes = nodes
+            .iter()
+            .map(|n| {
+                let ready = n.is_ready(now);
+                let n = Node {
+                    last_seen: None,
+                    wireguard_alive: None,
+                    ..n.clone()
+                };
+                (n, ready)
+            })
+            .collect();
+        Self {
+            nodes,
+            peers: peers.to_vec(),
+            settings: settings.clone(),
+            demoted: demoted.clone(),
+        }
+    }
 }
 
 /// This node's devices as one reconcile found them.
@@ -409,6 +457,7 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
     let (pod_watcher, mut pod_events) = watch_pods(&pods)?;
     let routes = Routes::new(crate::routes::MAIN_TABLE, crate::routes::RTPROT_WEFT)
         .context("netlink socket")?;
+    let dns = crate::dns::DnsCache::new(cfg.dns_refresh_period);
 
     let mut agent = Agent {
         cfg,
@@ -429,6 +478,8 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
         outage: Outage::default(),
         nat_timeouts: weft_common::nat::Timeouts::default(),
         fib_ifindex: 0,
+        dns,
+        applied: None,
         pods,
         _pod_watcher: pod_watcher,
     };
@@ -511,6 +562,24 @@ async fn run_with<B: Backend>(cfg: Config, backend: B) -> Result<()> {
     }
     server.abort();
     agent.shut_down().await
+}
+
+/// The DNS names among the endpoints of `topo`'s other segments and peers.
+fn endpoint_names(topo: &Topology) -> BTreeSet<crate::model::DnsName> {
+    let dns = |e: &crate::model::Endpoint| match &e.host {
+        crate::model::Host::Dns(n) => Some(n.clone()),
+        crate::model::Host::Ip(_) => None,
+    };
+    topo.segments
+        .iter()
+        .filter(|s| s.id != topo.segment)
+        .filter_map(|s| dns(&s.endpoint))
+        .chain(
+            topo.peers
+                .iter()
+                .filter_map(|p| p.endpoint.as_ref().and_then(dns)),
+        )
+        .collect()
 }
 
 fn nix_hostname() -> Result<String> {
@@ -747,6 +816,16 @@ impl<B: Backend> Agent<B> {
             }
             self.demoted = demoted.clone();
         }
+        // A check-in (`last-seen`, `wireguard-alive`) that changes nothing the
+        // mesh is computed from costs this comparison, not a recomputation:
+        // the kernel already holds what the last clean apply wrote. Resyncs
+        // (`full`) recompute and re-check everything all the same.
+        let inputs = MeshInputs::new(&nodes, &peers, &settings, ready_now, &demoted);
+        if !full && self.applied.as_ref() == Some(&inputs) {
+            debug!("no change the topology depends on");
+            return Ok(());
+        }
+        self.applied = None;
         let mesh = Mesh::build(&nodes, &peers, &settings, ready_now, &demoted)?;
         // A node left out for its pod CIDR is said once, as a refusal.
         let node_refusals: Vec<&Warning> = mesh.nodes_refused.values().collect();
@@ -803,6 +882,7 @@ impl<B: Backend> Agent<B> {
         let own_node = nodes.iter().find(|n| n.name == self.hostname).cloned();
         // A reconciler that failed leaves the others applied: health,
         // metrics and the log of what changed are kept up all the same.
+        self.dns.update(&endpoint_names(&topo)).await;
         let applied = self.apply(&topo, own_node.as_ref()).await;
         self.update_health(&topo, now).await;
         self.update_metrics(&mesh, &topo, &nodes, ready_now, &demoted);
@@ -825,6 +905,9 @@ impl<B: Backend> Agent<B> {
             info!(leader = topo.leader, segment = %topo.segment, peers = topo.peers.len(), routes = topo.routes.len(), "topology computed");
         }
         self.last = Some(topo);
+        if applied.is_ok() {
+            self.applied = Some(inputs);
+        }
         applied
     }
 
@@ -1178,8 +1261,6 @@ impl<B: Backend> Agent<B> {
             })
             .collect();
         maps::add_host_routes(&mut want, &other_wireguard_ips, wg_ifindex);
-        let w = maps::sync_routes(self.datapath.map_mut(weft_common::maps::ROUTES)?, &want)?;
-        m.map_writes(weft_common::maps::ROUTES, w.total());
         // Who may send what into this node without WireGuard.
         let src = maps::source_maps(
             &topo.senders,
@@ -1187,42 +1268,67 @@ impl<B: Backend> Agent<B> {
             nic_ifindex,
             my_private,
         );
-        let mut w2 = maps::Writes::default();
-        for (name, w) in [
+        use weft_common::maps::{IPIP_SENDERS, NIC_SOURCES, ROUTES, SENDER_SOURCES};
+        // Each map on its own: one that fails (full, say) leaves the others synced.
+        let dp = &mut self.datapath;
+        let synced = [
             (
-                weft_common::maps::IPIP_SENDERS,
-                maps::sync_hash(
-                    self.datapath.map_mut(weft_common::maps::IPIP_SENDERS)?,
-                    weft_common::maps::IPIP_SENDERS,
-                    &src.senders,
-                )?,
+                ROUTES,
+                want.len(),
+                dp.map_mut(ROUTES)
+                    .and_then(|map| maps::sync_routes(map, &want)),
             ),
             (
-                weft_common::maps::SENDER_SOURCES,
-                maps::sync_lpm(
-                    self.datapath.map_mut(weft_common::maps::SENDER_SOURCES)?,
-                    weft_common::maps::SENDER_SOURCES,
-                    &src.sender_sources,
-                )?,
+                IPIP_SENDERS,
+                src.senders.len(),
+                dp.map_mut(IPIP_SENDERS)
+                    .and_then(|map| maps::sync_hash(map, IPIP_SENDERS, &src.senders)),
             ),
             (
-                weft_common::maps::NIC_SOURCES,
-                maps::sync_lpm(
-                    self.datapath.map_mut(weft_common::maps::NIC_SOURCES)?,
-                    weft_common::maps::NIC_SOURCES,
-                    &src.nic_sources,
-                )?,
+                SENDER_SOURCES,
+                src.sender_sources.len(),
+                dp.map_mut(SENDER_SOURCES)
+                    .and_then(|map| maps::sync_lpm(map, SENDER_SOURCES, &src.sender_sources)),
             ),
-        ] {
-            m.map_writes(name, w.total());
-            w2.inserted += w.inserted;
-            w2.updated += w.updated;
-            w2.removed += w.removed;
+            (
+                NIC_SOURCES,
+                src.nic_sources.len(),
+                dp.map_mut(NIC_SOURCES)
+                    .and_then(|map| maps::sync_lpm(map, NIC_SOURCES, &src.nic_sources)),
+            ),
+        ];
+        let mut errors = Vec::new();
+        let mut changed = Vec::new();
+        for (name, entries, r) in synced {
+            if let Ok(cap) = dp.map_mut(name).and_then(|map| maps::capacity(map)) {
+                m.map_fill(name, entries as u64, u64::from(cap));
+            }
+            match r {
+                Ok(w) => {
+                    m.map_writes(name, w.total());
+                    if w.total() > 0 {
+                        changed.push(format!(
+                            "{name} +{} ~{} -{}",
+                            w.inserted, w.updated, w.removed
+                        ));
+                    }
+                }
+                Err(e) => {
+                    if e.downcast_ref::<maps::MapFull>().is_some() {
+                        m.error("map_full");
+                    }
+                    errors.push(format!("{e:#}"));
+                }
+            }
         }
-        if w.total() + w2.total() > 0 {
-            info!(routes = ?w, sources = ?w2, "eBPF maps updated");
+        if !changed.is_empty() {
+            info!(maps = %changed.join(", "), "eBPF maps updated");
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
     }
 
     /// The programs on their devices (pod veths, NIC, uplinks, WireGuard).
@@ -1453,12 +1559,12 @@ impl<B: Backend> Agent<B> {
                 .segments
                 .iter()
                 .filter(|s| s.id != topo.segment)
-                .filter_map(|s| s.endpoint.resolve(&SystemResolver).ok())
+                .filter_map(|s| s.endpoint.resolve(&self.dns).ok())
                 .collect();
             endpoints.extend(
                 topo.peers
                     .iter()
-                    .filter_map(|p| p.resolve_endpoint(&SystemResolver).ok().flatten()),
+                    .filter_map(|p| p.resolve_endpoint(&self.dns).ok().flatten()),
             );
             return Ok(wireguard::auto_mtu_towards(&endpoints).await?);
         }
@@ -1475,7 +1581,7 @@ impl<B: Backend> Agent<B> {
         topo.peers
             .iter()
             .map(|p| {
-                let endpoint = match p.resolve_endpoint(&SystemResolver) {
+                let endpoint = match p.resolve_endpoint(&self.dns) {
                     Ok(e) => e,
                     Err(e) => {
                         warn!(peer = %p.public_key, "cannot resolve endpoint: {e}");
@@ -1660,6 +1766,33 @@ fn ifindex(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_in_is_no_input_change_but_readiness_is() {
+        const NOW: i64 = 1_000_000;
+        let node = |name: &str, seen: i64, alive: Option<i64>| Node {
+            pod_cidr: Some("10.42.0.0/24".parse().unwrap()),
+            key: Some(PublicKey::from_bytes([name.len() as u8; 32])),
+            endpoint: Some("198.18.0.1:51820".parse().unwrap()),
+            last_seen: Some(seen),
+            wireguard_alive: alive,
+            ..Node::named(name)
+        };
+        let settings = Settings::default();
+        let none = BTreeSet::new();
+        let inputs = |nodes: &[Node], now: i64, demoted: &BTreeSet<String>| {
+            MeshInputs::new(nodes, &[], &settings, now, demoted)
+        };
+        let base = inputs(&[node("a", NOW - 5, Some(NOW - 3))], NOW, &none);
+        // A check-in: newer last-seen and wireguard-alive, still ready.
+        assert!(base == inputs(&[node("a", NOW, Some(NOW))], NOW + 2, &none));
+        // The same node gone stale, passed over, or with another endpoint: a change.
+        assert!(base != inputs(&[node("a", NOW - 5, Some(NOW - 3))], NOW + 60, &none));
+        assert!(base != inputs(&[node("a", NOW, None)], NOW, &["a".to_owned()].into()));
+        let mut moved = node("a", NOW, None);
+        moved.endpoint = Some("198.18.0.2:51820".parse().unwrap());
+        assert!(base != inputs(&[moved], NOW, &none));
+    }
 
     #[test]
     fn readiness_clock_stops_during_an_outage() {

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod ctl;
 pub mod datapath;
 pub mod detect;
+pub mod dns;
 pub mod health;
 pub mod http;
 pub mod keys;

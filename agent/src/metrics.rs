@@ -24,7 +24,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Errors by kind: `reconcile` (a reconcile failed: WireGuard, routes,
     /// eBPF, CNI...), `publish` (this node's annotations), `datapath` (the
-    /// masquerade GC), `node` and `peer` (values that do not parse),
+    /// masquerade GC), `map_full` (a BPF map too small for the topology: left
+    /// as it was), `node` and `peer` (values that do not parse),
     /// `backend` (unreadable objects), `topology` (input worked around).
     pub errors: Family<Labels, Counter>,
     pub nodes: Gauge,
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub datapath_bytes: Family<Labels, Gauge<u64, AtomicU64>>,
     /// BPF map entries written (inserted, updated or deleted) by the agent, by map.
     pub map_writes: Family<Labels, Counter>,
+    /// Entries the agent wants in each of its maps, and what the map holds at most.
+    pub map_entries: Family<Labels, Gauge>,
+    pub map_capacity: Family<Labels, Gauge>,
     /// WireGuard peers added, removed, changed by the agent.
     pub peer_changes: Family<Labels, Counter>,
     /// Routes added and removed by the agent.
@@ -102,6 +106,15 @@ impl Metrics {
         if n > 0 {
             self.map_writes.get_or_create(&l(&[("map", map)])).inc_by(n);
         }
+    }
+
+    /// How full one of the agent's maps is (`entries` of at most `capacity`).
+    pub fn map_fill(&self, map: &str, entries: u64, capacity: u64) {
+        let labels = l(&[("map", map)]);
+        self.map_entries.get_or_create(&labels).set(entries as i64);
+        self.map_capacity
+            .get_or_create(&labels)
+            .set(capacity as i64);
     }
 
     pub fn peer_change(&self, op: &str, n: u64) {
@@ -245,6 +258,16 @@ impl Metrics {
             "bpf_map_writes",
             "BPF map entries written by the agent, by map",
             self.map_writes
+        );
+        reg!(
+            "bpf_map_entries",
+            "Entries the agent wants in its BPF map, by map",
+            self.map_entries
+        );
+        reg!(
+            "bpf_map_capacity",
+            "Entries the BPF map holds at most, by map (a topology needing more is refused: weft_errors_total{kind=\"map_full\"})",
+            self.map_capacity
         );
         reg!(
             "wireguard_peer_changes",

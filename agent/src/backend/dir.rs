@@ -9,11 +9,19 @@
 //!
 //! A file that does not parse is reported (naming the file) and skipped; the
 //! rest loads. Each agent rewrites only its own node file, atomically.
+//!
+//! Loading re-reads only the files that changed: each file's parse is kept
+//! with its identity (device, inode, size, modification and change times),
+//! so a cluster's check-ins cost one `stat` per file, not a YAML parse of
+//! every node on every event. Atomic renames (the agents', a ConfigMap
+//! volume's symlink swap) give a new inode, an edit in place a new mtime.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 
@@ -77,11 +85,69 @@ pub fn valid_name(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct DirBackend {
     root: PathBuf,
+    /// The last parse of each file (shared by clones).
+    cache: Arc<Mutex<Caches>>,
+}
+
+#[derive(Debug, Default)]
+struct Caches {
+    nodes: FileCache<NodeObject>,
+    peers: FileCache<PeerObject>,
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Parsed files by path, with the stamp they were read at.
+#[derive(Debug)]
+struct FileCache<T> {
+    files: HashMap<PathBuf, (Stamp, Result<T, FileError>)>,
+    /// Files read and parsed so far (for tests and logs).
+    reads: u64,
+}
+
+impl<T> Default for FileCache<T> {
+    fn default() -> Self {
+        Self {
+            files: HashMap::new(),
+            reads: 0,
+        }
+    }
 }
 
 impl DirBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            cache: Arc::default(),
+        }
+    }
+
+    /// How many node and peer files loading has read and parsed so far
+    /// (unchanged files are not read again).
+    pub fn files_read(&self) -> u64 {
+        let c = self.cache.lock().expect("not poisoned");
+        c.nodes.reads + c.peers.reads
     }
 
     pub fn root(&self) -> &Path {
@@ -118,12 +184,20 @@ impl DirBackend {
             settings: self.load_settings()?,
             ..Contents::default()
         };
-        snap.nodes = load_objects(&self.nodes_dir(), &mut snap.errors, |n: &NodeObject| {
-            &n.name
-        })?;
-        snap.peers = load_objects(&self.peers_dir(), &mut snap.errors, |p: &PeerObject| {
-            &p.name
-        })?;
+        let mut cache = self.cache.lock().expect("not poisoned");
+        let Caches { nodes, peers } = &mut *cache;
+        snap.nodes = load_objects(
+            &self.nodes_dir(),
+            &mut snap.errors,
+            nodes,
+            |n: &NodeObject| &n.name,
+        )?;
+        snap.peers = load_objects(
+            &self.peers_dir(),
+            &mut snap.errors,
+            peers,
+            |p: &PeerObject| &p.name,
+        )?;
         Ok(snap)
     }
 
@@ -426,15 +500,20 @@ fn parse_object<T: DeserializeOwned>(
     Ok(obj)
 }
 
-/// Loads every `*.yaml` of a directory (absent: none), sorted by file name.
-fn load_objects<T: DeserializeOwned>(
+/// Loads every `*.yaml` of a directory (absent: none), sorted by file name,
+/// reading only the files whose [`Stamp`] differs from `cache`'s.
+fn load_objects<T: DeserializeOwned + Clone>(
     dir: &Path,
     errors: &mut Vec<FileError>,
+    cache: &mut FileCache<T>,
     name: impl Fn(&T) -> &String + Copy,
 ) -> Result<Vec<T>, DirError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            cache.files.clear();
+            return Ok(Vec::new());
+        }
         Err(source) => {
             return Err(DirError::Io {
                 path: dir.to_path_buf(),
@@ -458,19 +537,47 @@ fn load_objects<T: DeserializeOwned>(
         paths.push(entry.path());
     }
     paths.sort();
+    let mut files = HashMap::with_capacity(paths.len());
     let mut out = Vec::with_capacity(paths.len());
     for path in paths {
-        match fs::read_to_string(&path) {
-            Ok(text) => match parse_object(&path, &text, name) {
-                Ok(o) => out.push(o),
-                Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(FileError {
-                path: path.clone(),
-                reason: e.to_string(),
-            }),
+        // Followed: a ConfigMap volume's files are symlinks.
+        let parsed = match fs::metadata(&path) {
+            Ok(m) => {
+                let stamp = Stamp::of(&m);
+                match cache.files.remove(&path) {
+                    Some((was, parsed)) if was == stamp => Some((stamp, parsed)),
+                    _ => {
+                        cache.reads += 1;
+                        let parsed = match fs::read_to_string(&path) {
+                            Ok(text) => parse_object(&path, &text, name),
+                            Err(e) => Err(FileError {
+                                path: path.clone(),
+                                reason: e.to_string(),
+                            }),
+                        };
+                        Some((stamp, parsed))
+                    }
+                }
+            }
+            // Removed since the listing, or a dangling symlink.
+            Err(e) => {
+                errors.push(FileError {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                });
+                None
+            }
+        };
+        if let Some((stamp, parsed)) = parsed {
+            match &parsed {
+                Ok(o) => out.push(o.clone()),
+                Err(e) => errors.push(e.clone()),
+            }
+            files.insert(path, (stamp, parsed));
         }
     }
+    // Files gone are forgotten.
+    cache.files = files;
     Ok(out)
 }
 
@@ -552,6 +659,39 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn loading_again_reads_only_what_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = DirBackend::new(tmp.path());
+        for n in ["a", "b", "c"] {
+            b.write_node(&node(n)).unwrap();
+        }
+        let first = b.load().unwrap();
+        assert_eq!((first.nodes.len(), b.files_read()), (3, 3));
+        // Nothing changed: nothing read, the same contents.
+        assert_eq!(b.load().unwrap(), first);
+        assert_eq!(b.files_read(), 3);
+        // One node rewritten (atomically, as agents do), one removed, one
+        // edited in place into a file that does not parse, one added.
+        let mut a = node("a");
+        a.annotations
+            .insert("weft.dev/last-seen".into(), "42".into());
+        b.write_node(&a).unwrap();
+        fs::remove_file(b.node_path("b")).unwrap();
+        fs::write(b.node_path("c"), "name: [").unwrap();
+        b.write_node(&node("d")).unwrap();
+        let snap = b.load().unwrap();
+        assert_eq!(b.files_read(), 6, "a, c and d read again, nothing else");
+        let names: Vec<&str> = snap.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "d"]);
+        assert_eq!(snap.nodes[0].annotations["weft.dev/last-seen"], "42");
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert!(snap.errors[0].path.ends_with("nodes/c.yaml"));
+        // A bad file stays reported without being read again.
+        let again = b.load().unwrap();
+        assert_eq!((again.errors.len(), b.files_read()), (1, 6));
     }
 
     #[test]

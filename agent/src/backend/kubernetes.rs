@@ -33,6 +33,17 @@ pub const FIELD_MANAGER: &str = "weft";
 pub const KILO_GROUP: &str = "kilo.squat.ai";
 /// How long one API call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Node watcher's name in failure records and logs.
+const NODE_WATCHER: &str = "nodes";
+/// The watchers' retry delays after a failure: doubling from the first to
+/// the last, each drawn between half and all of it so that a cluster's
+/// agents do not all retry at once. Shorter than kube-rs' default (30 s,
+/// not reset for 120 s after an error): after an outage, what a node
+/// judges its peers' `last-seen` and `wireguard-alive` by is only current
+/// again once its Node watcher is back, and the data stay marked stale
+/// until then.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(500);
+const WATCH_RETRY_LAST: Duration = Duration::from_secs(8);
 /// How often a missing Peer CRD is looked for again.
 const CRD_RECHECK: Duration = Duration::from_secs(30);
 
@@ -198,10 +209,10 @@ impl KubeBackend {
         let nodes = writer.as_reader();
         let api: Api<Node> = Api::all(client.clone());
         let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .reflect(writer);
         tasks.push(tokio::spawn(forward(
-            "nodes",
+            NODE_WATCHER,
             stream,
             tx.clone(),
             failures.clone(),
@@ -267,7 +278,7 @@ async fn watch_peers(
         .push((group, writer.as_reader()));
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(writer);
     let what: &'static str = if group == KILO_GROUP {
         "peers.kilo.squat.ai"
@@ -281,6 +292,48 @@ async fn watch_peers(
         }
     })
     .await;
+}
+
+/// The watchers' retry delays (see [`WATCH_RETRY_FIRST`]); reset by the
+/// first event after a failure.
+struct WatchBackoff {
+    next: Duration,
+    /// xorshift state for the jitter.
+    seed: u64,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Self {
+            next: WATCH_RETRY_FIRST,
+            seed: (t ^ u64::from(std::process::id()) << 32) | 1,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let d = self.next;
+        self.next = (d * 2).min(WATCH_RETRY_LAST);
+        // Between half and all of d.
+        let half = d / 2;
+        Some(half + half.mul_f64((self.seed % 1000) as f64 / 1000.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_FIRST;
+    }
 }
 
 /// Turns a reflected watch stream into [`Event`]s and failure records.
@@ -375,17 +428,31 @@ impl Backend for KubeBackend {
                 ),
                 e => anyhow::anyhow!("patching Node {name}: {e}"),
             })?;
-        // The API server answers: the watchers, resumed silently from their
-        // resource version after their backoff, are current again (a watch
-        // with nothing to report sends no event that could say so). One that
-        // still fails reports its next error and marks the data stale again.
-        let recovered: Vec<_> = std::mem::take(&mut *self.failures.lock().expect("not poisoned"))
-            .into_values()
+        // The API server answers. The Peer watchers, resumed silently from
+        // their resource version after their backoff, count as current again
+        // (a watch with nothing to report sends no event that could say so;
+        // one that still fails reports its next error and marks the data
+        // stale again). Not the Node watcher: it may still be waiting out
+        // its backoff (up to 30 s after a long outage), and other nodes'
+        // `last-seen` and `wireguard-alive` judged from a store it does not
+        // update look older than they are, which fails leaders over for
+        // nothing. It is current once it delivers an event, and this patch
+        // of our own Node is one.
+        let mut failures = self.failures.lock().expect("not poisoned");
+        let recovered: Vec<_> = failures
+            .iter()
+            .filter(|(what, _)| **what != NODE_WATCHER)
+            .map(|(what, (since, _))| (*what, *since))
             .collect();
-        if let Some((since, _)) = recovered.iter().min_by_key(|(since, _)| *since) {
+        for (what, since) in recovered {
+            failures.remove(what);
             let secs = since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
-            info!("{} reachable again after {secs} s", self.server);
+            info!(
+                watcher = what,
+                "{} reachable again after {secs} s", self.server
+            );
         }
+        drop(failures);
         Ok(node_object(&node))
     }
 
@@ -434,6 +501,20 @@ pub fn crds_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_retries_double_up_to_the_last_with_jitter_and_reset() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = b.by_ref().take(8).collect();
+        let nominal = [500, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
+        for (d, n) in delays.iter().zip(nominal) {
+            let n = Duration::from_millis(n);
+            assert!(*d >= n / 2 && *d <= n, "{d:?} for {n:?}");
+        }
+        b.reset();
+        assert!(b.next().unwrap() <= WATCH_RETRY_FIRST);
+    }
 
     #[test]
     fn a_nodes_creation_time_is_the_api_servers() {

@@ -93,29 +93,7 @@ pub fn add_host_routes(
 
 /// Makes `WEFT_ROUTES` hold exactly `desired`.
 pub fn sync_routes(map: &mut Map, desired: &BTreeMap<RouteKey, Route>) -> Result<Writes> {
-    let mut trie: LpmTrie<&mut MapData, [u8; 4], Route> = LpmTrie::try_from(map)?;
-    let mut current = BTreeMap::new();
-    for item in trie.iter() {
-        let (k, v) = item.context("reading WEFT_ROUTES")?;
-        current.insert((k.prefix_len(), k.data()), v);
-    }
-    let (upserts, removals) = diff(&current, desired);
-    let mut w = Writes::default();
-    for ((len, addr), route, existed) in upserts {
-        trie.insert(&Key::new(len, addr), route, 0)
-            .with_context(|| format!("writing route {}/{len}", std::net::Ipv4Addr::from(addr)))?;
-        if existed {
-            w.updated += 1
-        } else {
-            w.inserted += 1
-        }
-    }
-    for (len, addr) in removals {
-        trie.remove(&Key::new(len, addr))
-            .with_context(|| format!("removing route {}/{len}", std::net::Ipv4Addr::from(addr)))?;
-        w.removed += 1;
-    }
-    Ok(w)
+    sync_lpm(map, weft_common::maps::ROUTES, desired)
 }
 
 /// Key of `WEFT_SENDER_SOURCES`: (prefix length 32 + source prefix length,
@@ -180,100 +158,175 @@ pub fn source_maps(
     m
 }
 
-/// Makes the hash map `map` (named `name`, for errors) hold exactly `desired`.
-pub fn sync_hash<K, V>(map: &mut Map, name: &str, desired: &BTreeMap<K, V>) -> Result<Writes>
-where
-    K: aya::Pod + Ord + std::fmt::Debug,
-    V: aya::Pod + PartialEq,
-{
-    let mut hash: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
-    let mut current = BTreeMap::new();
-    for item in hash.iter() {
-        let (k, v) = item.with_context(|| format!("reading {name}"))?;
-        current.insert(k, v);
+/// A map that cannot hold what this node needs. Nothing is written to it:
+/// a partial sync would send some destinations the new way and others the
+/// old way (or nowhere), with no sign of which.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{map} holds at most {capacity} entries but this node's topology needs {needed}: \
+     left as it was (the cluster has outgrown the datapath's maps)"
+)]
+pub struct MapFull {
+    pub map: String,
+    pub capacity: u32,
+    pub needed: usize,
+}
+
+/// How many entries `map` can hold (the kernel's `max_entries`).
+pub fn capacity(map: &Map) -> Result<u32> {
+    let data = match map {
+        Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) => d,
+        _ => anyhow::bail!("not a hash map or an LPM trie"),
+    };
+    Ok(data.info().context("reading the map's info")?.max_entries())
+}
+
+/// An agent-owned map seen as a set of entries: the one place that reads
+/// it back, removes what is no longer wanted and writes what differs.
+trait Table {
+    type K: Ord + Clone;
+    type V: PartialEq + Clone;
+    /// The key as errors name it.
+    fn show(k: &Self::K) -> String;
+    fn entries(&self) -> Result<BTreeMap<Self::K, Self::V>, aya::maps::MapError>;
+    fn put(&mut self, k: &Self::K, v: &Self::V) -> Result<(), aya::maps::MapError>;
+    fn delete(&mut self, k: &Self::K) -> Result<(), aya::maps::MapError>;
+}
+
+/// How a map key reads in an error: the addresses it holds.
+pub trait ShowKey {
+    fn show(&self) -> String;
+    /// As an LPM key of prefix length `len`.
+    fn show_prefix(&self, len: u32) -> String {
+        format!("{}/{len}", self.show())
     }
+}
+
+impl ShowKey for [u8; 4] {
+    fn show(&self) -> String {
+        std::net::Ipv4Addr::from(*self).to_string()
+    }
+}
+
+/// Sender, then source network (`WEFT_SENDER_SOURCES`).
+impl ShowKey for [u8; SENDER_SOURCE_KEY_LEN] {
+    fn show(&self) -> String {
+        self.show_prefix(64)
+    }
+    fn show_prefix(&self, len: u32) -> String {
+        let ip = |s: &[u8]| std::net::Ipv4Addr::new(s[0], s[1], s[2], s[3]);
+        let source_len = len.saturating_sub(32);
+        format!("{}/{source_len} from {}", ip(&self[4..]), ip(&self[..4]))
+    }
+}
+
+impl<K: aya::Pod + Ord + ShowKey, V: aya::Pod + PartialEq> Table for HashMap<&mut MapData, K, V> {
+    type K = K;
+    type V = V;
+    fn show(k: &K) -> String {
+        k.show()
+    }
+    fn entries(&self) -> Result<BTreeMap<K, V>, aya::maps::MapError> {
+        self.iter().collect()
+    }
+    fn put(&mut self, k: &K, v: &V) -> Result<(), aya::maps::MapError> {
+        self.insert(k, v, 0)
+    }
+    fn delete(&mut self, k: &K) -> Result<(), aya::maps::MapError> {
+        self.remove(k)
+    }
+}
+
+impl<K: aya::Pod + Ord + ShowKey, V: aya::Pod + PartialEq> Table for LpmTrie<&mut MapData, K, V> {
+    type K = (u32, K);
+    type V = V;
+    fn show((len, data): &(u32, K)) -> String {
+        data.show_prefix(*len)
+    }
+    fn entries(&self) -> Result<BTreeMap<(u32, K), V>, aya::maps::MapError> {
+        self.iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect()
+    }
+    fn put(&mut self, (len, data): &(u32, K), v: &V) -> Result<(), aya::maps::MapError> {
+        self.insert(&Key::new(*len, *data), v, 0)
+    }
+    fn delete(&mut self, (len, data): &(u32, K)) -> Result<(), aya::maps::MapError> {
+        self.remove(&Key::new(*len, *data))
+    }
+}
+
+/// Makes `table` (the map `name` of `capacity` entries) hold exactly
+/// `desired`, writing only what differs. Removals go first, so that a map
+/// near its capacity has room for the new entries; what does not fit at
+/// all is refused before anything is written ([`MapFull`]).
+fn sync<T: Table>(
+    table: &mut T,
+    name: &str,
+    capacity: u32,
+    desired: &BTreeMap<T::K, T::V>,
+) -> Result<Writes> {
+    if desired.len() > capacity as usize {
+        return Err(MapFull {
+            map: name.to_owned(),
+            capacity,
+            needed: desired.len(),
+        }
+        .into());
+    }
+    let current = table.entries().with_context(|| format!("reading {name}"))?;
     let (upserts, removals) = diff(&current, desired);
     let mut w = Writes::default();
+    for k in removals {
+        match table.delete(&k) {
+            // Gone meanwhile (a pod's entry its CNI DEL removed): as wanted.
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => w.removed += 1,
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {name} entry {}", T::show(&k)));
+            }
+        }
+    }
     for (k, v, existed) in upserts {
-        hash.insert(k, v, 0)
-            .with_context(|| format!("writing {name} entry {k:?}"))?;
+        table
+            .put(&k, &v)
+            .with_context(|| format!("writing {name} entry {}", T::show(&k)))?;
         if existed {
             w.updated += 1
         } else {
             w.inserted += 1
         }
     }
-    for k in removals {
-        hash.remove(&k)
-            .with_context(|| format!("removing {name} entry {k:?}"))?;
-        w.removed += 1;
-    }
     Ok(w)
+}
+
+/// Makes the hash map `map` (named `name`, for errors) hold exactly `desired`.
+pub fn sync_hash<K, V>(map: &mut Map, name: &str, desired: &BTreeMap<K, V>) -> Result<Writes>
+where
+    K: aya::Pod + Ord + ShowKey,
+    V: aya::Pod + PartialEq,
+{
+    let cap = capacity(map).with_context(|| name.to_owned())?;
+    let mut hash: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+    sync(&mut hash, name, cap, desired)
 }
 
 /// Makes the LPM trie `map` (named `name`) hold exactly `desired`, keyed by
 /// (prefix length, data).
 pub fn sync_lpm<K, V>(map: &mut Map, name: &str, desired: &BTreeMap<(u32, K), V>) -> Result<Writes>
 where
-    K: aya::Pod + Ord + std::fmt::Debug,
+    K: aya::Pod + Ord + ShowKey,
     V: aya::Pod + PartialEq,
 {
+    let cap = capacity(map).with_context(|| name.to_owned())?;
     let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
-    let mut current = BTreeMap::new();
-    for item in trie.iter() {
-        let (k, v) = item.with_context(|| format!("reading {name}"))?;
-        current.insert((k.prefix_len(), k.data()), v);
-    }
-    let (upserts, removals) = diff(&current, desired);
-    let mut w = Writes::default();
-    for ((len, data), v, existed) in upserts {
-        trie.insert(&Key::new(len, data), v, 0)
-            .with_context(|| format!("writing {name} entry {data:?}/{len}"))?;
-        if existed {
-            w.updated += 1
-        } else {
-            w.inserted += 1
-        }
-    }
-    for (len, data) in removals {
-        trie.remove(&Key::new(len, data))
-            .with_context(|| format!("removing {name} entry {data:?}/{len}"))?;
-        w.removed += 1;
-    }
-    Ok(w)
+    sync(&mut trie, name, cap, desired)
 }
 
 /// Makes `WEFT_PODS` hold exactly `desired` (the pods' addresses from their
 /// CNI records). Entries the plugin wrote meanwhile are in `desired` too
 /// once their record is read; the next sync settles any race.
 pub fn sync_pods(map: &mut Map, desired: &BTreeMap<[u8; 4], PodEndpoint>) -> Result<Writes> {
-    let mut hash: HashMap<&mut MapData, [u8; 4], PodEndpoint> = HashMap::try_from(map)?;
-    let mut current = BTreeMap::new();
-    for item in hash.iter() {
-        let (k, v) = item.context("reading WEFT_PODS")?;
-        current.insert(k, v);
-    }
-    let (upserts, removals) = diff(&current, desired);
-    let mut w = Writes::default();
-    for (k, v, existed) in upserts {
-        hash.insert(k, v, 0)
-            .with_context(|| format!("writing pod {} (map full?)", std::net::Ipv4Addr::from(k)))?;
-        if existed {
-            w.updated += 1
-        } else {
-            w.inserted += 1
-        }
-    }
-    for k in removals {
-        match hash.remove(&k) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => w.removed += 1,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("removing pod {}", std::net::Ipv4Addr::from(k)));
-            }
-        }
-    }
-    Ok(w)
+    sync_hash(map, weft_common::maps::PODS, desired)
 }
 
 #[cfg(test)]
