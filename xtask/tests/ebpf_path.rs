@@ -1085,7 +1085,9 @@ fn no_loss_across_kill_9_and_unrelated_changes() {
         agent.wait_timeout(Duration::from_secs(10)).unwrap();
         // Nobody runs the agent: the pinned programs keep forwarding.
         let before = counters(node);
-        ping.wait_answers(20);
+        // 25 answers for 20 counted: a reply forwarded just before the
+        // counters were read may reach ping's log only after (seen once in CI).
+        ping.wait_answers(25);
         let after = counters(node);
         let grew = |c: Counter| after[&(c as u32)] - before[&(c as u32)];
         let (fwd, name_c) = if name == "aws-1" {
